@@ -1,0 +1,5 @@
+"""ERNIE-ViL 2.0 in PaddlePaddle: dual-encoder model, tokenizer, data, losses, trainer, inference, evaluation.
+
+Submodules are imported on use so that light tools (the evaluator) do not pay for importing Paddle.
+"""
+__version__ = "0.1.0"

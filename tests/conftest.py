@@ -1,0 +1,40 @@
+"""Shared fixtures: where ../shared lives, and the seed-7 reference checkpoint written once per session."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("ERNIEVIL2_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
+REFERENCE = os.path.join(SHARED, "reference")
+GOLDEN = os.path.join(REFERENCE, "golden")
+VOCAB = os.path.join(SHARED, "ernie_base_3.0", "vocab.txt")
+
+
+def need_shared(path):
+    """Skip (with the reason spelled out) when a piece of ../shared reference data is absent."""
+    if not os.path.exists(path):
+        pytest.skip(f"reference data not found at {path} (place the project's shared/ folder beside the repo "
+                    f"or set ERNIEVIL2_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vocab_path():
+    return need_shared(VOCAB)
+
+
+@pytest.fixture(scope="session")
+def golden_dir():
+    return need_shared(GOLDEN)
+
+
+@pytest.fixture(scope="session")
+def reference_checkpoint(tmp_path_factory):
+    """The official-layout seed-7 checkpoint the golden outputs were made with (about 815 MB, a few seconds)."""
+    script = need_shared(os.path.join(REFERENCE, "make_reference_checkpoint.py"))
+    out = tmp_path_factory.mktemp("ref") / "ref7.pdparams"
+    subprocess.run([sys.executable, script, "--seed", "7", "--out", str(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return str(out)
