@@ -38,3 +38,19 @@ def reference_checkpoint(tmp_path_factory):
     subprocess.run([sys.executable, script, "--seed", "7", "--out", str(out)], check=True,
                    stdout=subprocess.DEVNULL)
     return str(out)
+
+
+# A tiny dual encoder with the real vocabulary size: the same code as Base, small enough for second-long tests.
+TINY_VISION = {"image_size": 32, "patch_size": 16, "width": 32, "layers": 2, "heads": 2}
+TINY_TEXT = {"vocab_size": 40000, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "max_position_embeddings": 64, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def make_tiny_model(seed=0, **text_overrides):
+    import paddle
+
+    from ernievil2.model import ErnieViL2, ModelConfig
+    paddle.seed(seed)
+    model = ErnieViL2(ModelConfig.build(dict(TINY_VISION), {**TINY_TEXT, **text_overrides}))
+    model.eval()
+    return model

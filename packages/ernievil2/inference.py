@@ -1,0 +1,427 @@
+"""Streaming cross-modal embedding extraction: the engine behind `run_infer.sh`.
+
+Rows flow through a bounded pipeline, so memory does not grow with the file:
+  main process: read + validate rows -> plan batches (which rows bring an image not seen recently)
+  worker processes: tokenise texts, decode + preprocess the new images  (overlapped with model compute)
+  main process: encode new images (each distinct image once), encode texts, write rows in input order.
+Outputs (the official 3-column text file and a `.npz` sidecar) are written under temporary names and renamed
+only when complete.
+"""
+import collections
+import hashlib
+import multiprocessing
+import os
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import REQUIRED, Field, load_config
+from .fileio import atomic_path
+from .image_ops import DEFAULT_MAX_PIXELS, decode_base64_image, preprocess_eval
+from .tokenizer import ErnieTokenizer
+from .tsv import BadRow, BadRowPolicy, read_rows
+
+WEIGHTS_HELP = ("Download the official ERNIE-ViL 2.0 Base weights (ERNIE_VIL2_BASE_ViT.pdparams, linked from the "
+                "official Research/ERNIE-ViL2 readme) or use final.pdparams from run_train.sh, then set "
+                "init_from_params.")
+VOCAB_HELP = ("Use the ERNIE 3.0 base vocab.txt from the official release (packages/ernie_base_3.0/vocab.txt there) "
+              "and set vocab_file.")
+
+# Every key of the official ernie_vil_base.yaml keeps its meaning; the rest are ours, with defaults.
+INFER_SCHEMA = {
+    "input_dtype": Field("int64", choices=("int64",)),
+    "device": Field("gpu", choices=("gpu", "cpu"), doc="falls back to cpu with a warning on a CPU-only Paddle"),
+    "infer_batch_size": 10,
+    "max_text_seqlen": 48,
+    "vocab_file": Field(REQUIRED, type=str),
+    "text_model_config": "./packages/ernie_base_3.0/ernie_config.base.json",
+    "test_file": Field(REQUIRED, type=str),
+    "output_file": Field(REQUIRED, type=str),
+    "init_from_params": Field(REQUIRED, type=str),
+    "pad_token": 0,
+    "cls_token": 1,
+    "sep_token": 2,
+    "mask_token": 3,
+    "unk_token": Field(None, type=int, doc="stale in the official YAML and unused: [UNK] comes from the vocab"),
+    # --- our additions ---
+    "vision_model": Field("vit_b16", type=(str, dict)),
+    "image_size": 224,
+    "engine": Field("eager", choices=("eager", "paddle_inference")),
+    "inference_model_dir": Field(None, type=str, doc="exported towers for engine=paddle_inference"),
+    "num_workers": 1,
+    "prefetch_batches": 4,
+    "on_bad_row": Field("error", choices=("error", "skip")),
+    "bad_row_log": Field(None, type=str, doc="default: <output_file>.skipped.txt"),
+    "write_sidecar": True,
+    "max_image_pixels": DEFAULT_MAX_PIXELS,
+    "image_cache_size": 20000,
+    "cpu_threads": 0,
+    "progress": True,
+}
+
+
+def load_infer_config(path, overrides=()):
+    cfg = load_config(INFER_SCHEMA, path, overrides)
+    for key in ("infer_batch_size", "max_text_seqlen", "image_size", "image_cache_size", "prefetch_batches"):
+        if cfg[key] < 1:
+            raise ValueError(f"{path}: '{key}' must be >= 1, got {cfg[key]}")
+    if cfg.max_text_seqlen < 3:
+        raise ValueError(f"{path}: 'max_text_seqlen' must leave room for [CLS] and [SEP], got {cfg.max_text_seqlen}")
+    return cfg
+
+
+class InferenceError(RuntimeError):
+    """A problem with the run's inputs (missing file, bad config); printed as one line by the CLI."""
+
+
+@dataclass
+class Summary:
+    rows: int = 0
+    written: int = 0
+    images_encoded: int = 0
+    images_reused: int = 0
+    seconds: float = 0.0
+    skipped: dict = field(default_factory=dict)
+    output_file: str = ""
+    sidecar_file: str = ""
+    bad_row_log: str = ""
+
+    def lines(self):
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        out = [f"rows read: {self.rows}, written: {self.written}, skipped: {sum(self.skipped.values())}",
+               f"distinct images encoded: {self.images_encoded} (re-used for {self.images_reused} more rows)",
+               f"time: {self.seconds:.1f} s, {rate:.2f} pairs/s",
+               f"embeddings: {self.output_file}" + (f" (+ {self.sidecar_file})" if self.sidecar_file else "")]
+        for reason, count in sorted(self.skipped.items()):
+            out.append(f"  skipped {count} row(s): {reason}")
+        if self.bad_row_log:
+            out.append(f"skipped rows listed in {self.bad_row_log}")
+        return out
+
+
+# ---------------------------------------------------------------- worker side (no Paddle import here)
+
+_WORKER_STATE = {}
+
+
+def _init_worker(vocab_file, max_len, image_size, max_pixels):
+    import cv2
+    cv2.setNumThreads(1)  # the workers are the parallelism; nested threads would only contend
+    _WORKER_STATE.update(tokenizer=ErnieTokenizer.from_file(vocab_file), max_len=max_len,
+                         image_size=image_size, max_pixels=max_pixels)
+
+
+def _prepare_batch(job):
+    """job: (texts, images) where images is a list of base64 strings to decode (new images only).
+    Returns (token ids [B, L] padded to the longest, pixels [n, 3, S, S], {image index: error reason})."""
+    texts, images = job
+    st = _WORKER_STATE
+    ids = st["tokenizer"].batch_encode(texts, max_len=st["max_len"])
+    pixels, errors = [], {}
+    size = st["image_size"]
+    for i, b64 in enumerate(images):
+        try:
+            pixels.append(preprocess_eval(decode_base64_image(b64, max_pixels=st["max_pixels"]), size))
+        except ValueError as e:
+            errors[i] = str(e)
+            pixels.append(np.zeros((3, size, size), np.float32))
+    pix = np.stack(pixels) if pixels else np.zeros((0, 3, size, size), np.float32)
+    return ids, pix, errors
+
+
+class _InlinePool:
+    """Stand-in for a process pool when num_workers is 0 (debugging, tiny inputs)."""
+
+    class _Done:
+        def __init__(self, value):
+            self.value = value
+
+        def get(self):
+            return self.value
+
+    def __init__(self, initargs):
+        _init_worker(*initargs)
+
+    def apply_async(self, fn, args):
+        return self._Done(fn(*args))
+
+    def terminate(self):
+        pass
+
+    def join(self):
+        pass
+
+
+# ---------------------------------------------------------------- planning and the main loop
+
+@dataclass
+class _Plan:
+    rows: list            # Row objects in input order
+    keys: list            # image cache key per row
+    new_keys: list        # keys whose image this batch decodes, in the order sent to the worker
+
+
+def image_key(row):
+    digest = hashlib.blake2b(row.image_b64.encode("ascii", "surrogateescape"), digest_size=16).digest()
+    return row.image_id, digest
+
+
+class _LRU(collections.OrderedDict):
+    def __init__(self, capacity):
+        super().__init__()
+        self.capacity = capacity
+
+    def touch(self, key, value=None):
+        if key in self:
+            self.move_to_end(key)
+            if value is not None:
+                self[key] = value
+        else:
+            self[key] = value
+            while len(self) > self.capacity:
+                self.popitem(last=False)
+
+
+def _plan_batches(items, batch_size, scheduled, policy):
+    """Group valid rows into batches, marking the images not scheduled within the last `capacity` images."""
+    rows, keys, new_keys = [], [], []
+    for item in items:
+        if isinstance(item, BadRow):
+            policy(item)
+            continue
+        key = image_key(item)
+        if key not in scheduled and key not in new_keys:
+            new_keys.append(key)
+        scheduled.touch(key)
+        rows.append(item)
+        keys.append(key)
+        if len(rows) == batch_size:
+            yield _Plan(rows, keys, new_keys)
+            rows, keys, new_keys = [], [], []
+    if rows:
+        yield _Plan(rows, keys, new_keys)
+
+
+def _prefetch(pool, plans, depth):
+    """Submit up to `depth` batches ahead to the pool, yielding (plan, prepared) in order."""
+    pending = collections.deque()
+    for plan in plans:
+        first_row = {k: r for r, k in zip(reversed(plan.rows), reversed(plan.keys))}
+        images = [first_row[k].image_b64 for k in plan.new_keys]
+        pending.append((plan, pool.apply_async(_prepare_batch, ((
+            [r.text for r in plan.rows], images),))))
+        if len(pending) >= depth:
+            p, res = pending.popleft()
+            yield p, res.get()
+    while pending:
+        p, res = pending.popleft()
+        yield p, res.get()
+
+
+def format_vector(vec):
+    # str() of a float32 gives the shortest text that reads back to the same float32, as the official file has.
+    return " ".join(map(str, vec))
+
+
+class SidecarWriter:
+    """Streams rows into an `.npz` (text [N, D], image [N, D], image_ids [N]) without holding them in memory:
+    rows go to raw temporary files, and `finish` copies them into the zip behind .npy headers."""
+
+    def __init__(self, path):
+        self.path = path
+        self.parts = {name: f"{path}.{name}.part{os.getpid()}" for name in ("text", "image", "ids")}
+        self.files = {name: open(p, "wb") for name, p in self.parts.items()}
+        self.rows = 0
+        self.dim = None
+        self.id_len = 1
+
+    def add(self, text_emb, image_emb, image_id):
+        self.dim = text_emb.shape[-1]
+        self.files["text"].write(np.ascontiguousarray(text_emb, np.float32).tobytes())
+        self.files["image"].write(np.ascontiguousarray(image_emb, np.float32).tobytes())
+        encoded = image_id.encode("utf-8")
+        self.files["ids"].write(len(encoded).to_bytes(4, "little") + encoded)
+        self.id_len = max(self.id_len, len(image_id))
+        self.rows += 1
+
+    def finish(self):
+        for f in self.files.values():
+            f.close()
+        with atomic_path(self.path) as tmp:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for name in ("text", "image"):
+                    self._write_npy(zf, name, "<f4", (self.rows, self.dim or 0), self._copy(self.parts[name]))
+                self._write_npy(zf, "image_ids", f"<U{self.id_len}", (self.rows,), self._ids())
+        self.cleanup()
+
+    def cleanup(self):
+        for name, p in self.parts.items():
+            self.files[name].close()
+            if os.path.exists(p):
+                os.remove(p)
+
+    @staticmethod
+    def _write_npy(zf, name, descr, shape, chunks):
+        with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
+            np.lib.format.write_array_header_2_0(out, {"descr": descr, "fortran_order": False, "shape": shape})
+            for chunk in chunks:
+                out.write(chunk)
+
+    @staticmethod
+    def _copy(path, chunk=1 << 22):
+        with open(path, "rb") as f:
+            while True:
+                block = f.read(chunk)
+                if not block:
+                    return
+                yield block
+
+    def _ids(self, per_chunk=4096):
+        with open(self.parts["ids"], "rb") as f:
+            batch = []
+            while True:
+                head = f.read(4)
+                if head:
+                    batch.append(f.read(int.from_bytes(head, "little")).decode("utf-8"))
+                if len(batch) == per_chunk or (not head and batch):
+                    yield np.array(batch, dtype=f"<U{self.id_len}").tobytes()
+                    batch = []
+                if not head:
+                    return
+
+
+def check_inputs(cfg):
+    """Name the missing file and what to do, before any work starts."""
+    checks = [("init_from_params", WEIGHTS_HELP), ("vocab_file", VOCAB_HELP),
+              ("test_file", "Set test_file to a UTF-8 TSV of text \\t image_id \\t base64 image rows."),
+              ("text_model_config", "Use packages/ernie_base_3.0/ernie_config.base.json from this repository.")]
+    for key, help_text in checks:
+        path = cfg[key]
+        if cfg.engine == "paddle_inference" and key == "init_from_params":
+            continue
+        if not os.path.isfile(path):
+            raise InferenceError(f"{key}: file not found: {path}. {help_text}")
+    if cfg.engine == "paddle_inference" and not (cfg.inference_model_dir and os.path.isdir(cfg.inference_model_dir)):
+        raise InferenceError(f"inference_model_dir: directory not found: {cfg.inference_model_dir}. Export the "
+                             f"towers first: python -m ernievil2.export CONFIG -o inference_model_dir=DIR")
+
+
+def check_special_tokens(cfg, tokenizer):
+    for key, actual in (("pad_token", tokenizer.pad_id), ("cls_token", tokenizer.cls_id),
+                        ("sep_token", tokenizer.sep_id), ("mask_token", tokenizer.mask_id)):
+        if cfg[key] != actual:
+            raise InferenceError(f"{key}: the config says {cfg[key]} but {cfg.vocab_file} has id {actual}")
+
+
+def resolve_device(requested):
+    import paddle
+    if requested == "gpu" and not paddle.is_compiled_with_cuda():
+        print("warning: this Paddle build has no CUDA support; running on the CPU instead of the GPU",
+              file=sys.stderr)
+        requested = "cpu"
+    paddle.set_device(requested)
+    return requested
+
+
+def run_inference(cfg, encoder=None):
+    """Embed every row of cfg.test_file; returns a Summary.  `encoder` (tests) replaces the configured one."""
+    from .encoders import make_encoder  # imports Paddle: kept out of the worker processes
+
+    check_inputs(cfg)
+    start = time.time()
+    tokenizer = ErnieTokenizer.from_file(cfg.vocab_file)
+    check_special_tokens(cfg, tokenizer)
+    encoder = encoder or make_encoder(cfg)
+    policy = BadRowPolicy(cfg.on_bad_row, cfg.bad_row_log or f"{cfg.output_file}.skipped.txt")
+    summary = Summary(output_file=cfg.output_file)
+    sidecar_path = os.path.splitext(cfg.output_file)[0] + ".npz" if cfg.write_sidecar else None
+
+    initargs = (cfg.vocab_file, cfg.max_text_seqlen, cfg.image_size, cfg.max_image_pixels)
+    if cfg.num_workers > 0:
+        pool = multiprocessing.get_context("spawn").Pool(cfg.num_workers, _init_worker, initargs)
+    else:
+        pool = _InlinePool(initargs)
+    depth = max(cfg.prefetch_batches, cfg.num_workers)
+    scheduled = _LRU(cfg.image_cache_size)
+    # Sized so that every image the planner counted as scheduled is still here when its rows are computed.
+    embeddings = _LRU(cfg.image_cache_size + (depth + 1) * cfg.infer_batch_size)
+    failed = _LRU(embeddings.capacity)
+    sidecar = SidecarWriter(sidecar_path) if sidecar_path else None
+    counted = _RowCounter(read_rows(cfg.test_file))
+    progress = _progress(cfg.progress)
+    try:
+        with atomic_path(cfg.output_file) as tmp_out, open(tmp_out, "w", encoding="utf-8") as out:
+            plans = _plan_batches(counted, cfg.infer_batch_size, scheduled, policy)
+            for plan, (ids, pixels, errors) in _prefetch(pool, plans, depth):
+                _encode_new_images(plan, pixels, errors, encoder, embeddings, failed, summary)
+                keep = []
+                for i, (row, key) in enumerate(zip(plan.rows, plan.keys)):
+                    if key in failed:
+                        failed.move_to_end(key)
+                        policy(BadRow(cfg.test_file, row.line, failed[key]))
+                    else:
+                        keep.append(i)
+                if not keep:
+                    continue
+                batch_ids = ids[keep]
+                batch_ids = batch_ids[:, : int((batch_ids != tokenizer.pad_id).sum(1).max())]
+                text_emb = encoder.encode_text(batch_ids)
+                for j, i in enumerate(keep):
+                    row, key = plan.rows[i], plan.keys[i]
+                    image_emb = embeddings[key]
+                    embeddings.move_to_end(key)
+                    out.write(f"{format_vector(text_emb[j])}\t{format_vector(image_emb)}\t{row.image_id}\n")
+                    if sidecar:
+                        sidecar.add(text_emb[j], image_emb, row.image_id)
+                summary.written += len(keep)
+                progress.update(len(plan.rows))
+            summary.images_reused = summary.written - summary.images_encoded
+            out.flush()
+            if sidecar:
+                sidecar.finish()
+                summary.sidecar_file = sidecar_path
+        policy.close()
+    finally:
+        progress.close()
+        pool.terminate()
+        pool.join()
+        if sidecar:
+            sidecar.cleanup()
+    summary.rows = counted.count
+    summary.skipped = dict(policy.reason_counts())
+    summary.bad_row_log = policy.log_path if policy.skipped else ""
+    summary.seconds = time.time() - start
+    return summary
+
+
+def _encode_new_images(plan, pixels, errors, encoder, embeddings, failed, summary):
+    if not plan.new_keys:
+        return
+    good = [i for i in range(len(plan.new_keys)) if i not in errors]
+    for i, reason in errors.items():
+        line = plan.rows[plan.keys.index(plan.new_keys[i])].line
+        failed.touch(plan.new_keys[i], f"bad image (first seen at line {line}): {reason}")
+    if good:
+        vectors = encoder.encode_image(pixels[good])
+        for i, vec in zip(good, vectors):
+            embeddings.touch(plan.new_keys[i], vec)
+        summary.images_encoded += len(good)
+
+
+class _RowCounter:
+    def __init__(self, items):
+        self.items = items
+        self.count = 0
+
+    def __iter__(self):
+        for item in self.items:
+            self.count += 1
+            yield item
+
+
+def _progress(enabled):
+    from tqdm import tqdm
+    return tqdm(unit="pair", desc="embedding", disable=not enabled, dynamic_ncols=True, mininterval=1.0)
