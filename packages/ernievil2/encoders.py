@@ -7,7 +7,7 @@ from .model import ErnieViL2, ModelConfig
 
 def build_model(vision="vit_b16", text_config=None, weights=None, strict=True, dropout=None):
     """A dual encoder from a vision preset/dict and an ERNIE config JSON, loaded from `weights` if given."""
-    model = ErnieViL2(ModelConfig.build(vision, text_config, dropout=dropout))
+    model = ErnieViL2(ModelConfig.build(vision, text_config, dropout=dropout), initialize=not weights)
     if weights:
         load_weights(model, weights, strict=strict)
     return model

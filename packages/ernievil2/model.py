@@ -75,13 +75,15 @@ class ContrastiveHead(nn.Layer):
 
 
 class ErnieViL2(nn.Layer):
-    def __init__(self, config: ModelConfig = None):
+    def __init__(self, config: ModelConfig = None, initialize=True):
+        """initialize=False skips the from-scratch initialisation (seconds for Base) when weights are loaded next."""
         super().__init__()
         self.config = config or ModelConfig()
         self.visual = VisionTransformer(self.config.vision)
         self.text_model = ErnieTextModel(self.config.text)
         self.contrastive_loss_mm = ContrastiveHead()
-        initialize_weights(self)
+        if initialize:
+            initialize_weights(self)
 
     @property
     def embed_dim(self):

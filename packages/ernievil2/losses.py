@@ -1,0 +1,437 @@
+"""ERNIE-ViL 2.0 multi-view contrastive loss, with exact cross-rank negatives and a BriVL momentum queue.
+
+Terms (each a symmetric InfoNCE, weighted by ``loss.weights.<name>``; weight 0 switches a term off):
+
+================  ==========================================  ===================================
+name              pair                                        negatives
+================  ==========================================  ===================================
+image_image       image view 1 <-> image view 2               global batch
+text_text         text view 1  <-> text view 2                global batch
+image_caption     image view ``cross_modal_image_view`` <->    global batch (+ queue, if enabled)
+                  text view ``cross_modal_text_view``
+image_tags        image view ``cross_modal_image_view`` <->    global batch (+ queue, if enabled)
+                  object-tag text (``tag_prompt`` + tags)
+================  ==========================================  ===================================
+
+Default cross-modal pairing: image view 2 with text view 1, as drawn in the paper's figure.
+
+Symmetric InfoNCE of a pair (a, b) over the global batch of N rows, a and b L2-normalised::
+
+    S = exp(t) * a @ b.T                     # t: the model's contrastive_loss_mm.temperature_b
+    term = (CE(S, diag) + CE(S.T, diag)) / 2 # both CEs are means over the N query rows
+
+With the queue, the a->b direction also scores the b-modality queue and b->a the a-modality queue::
+
+    a->b logits = exp(t) * a @ [b_all ; text_queue].T     (image queries vs texts + text queue)
+    b->a logits = exp(t) * b @ [a_all ; image_queue].T    (text/tag queries vs images + image queue)
+
+``negatives: full`` builds the N x N logits on every rank; ``negatives: local`` builds only this
+rank's B query rows against all N columns (open_clip's ``local_loss``): same value (averaged over
+ranks) and same gradients, W times less logit memory.  The gradient convention is documented in
+:mod:`ernievil2.distributed`; in short, the tower gradients match the single-process ones after
+DataParallel's gradient averaging.  The reported values (every term and the total) are the global
+loss on every rank in both modes, so logs do not depend on the world size.
+
+Logits, softmax and the normalisation run in fp32 (inputs are cast, autocast is switched off
+inside), and the CE is a log-softmax, so the loss is safe under fp16/bf16 AMP.
+"""
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import paddle
+import paddle.nn.functional as F
+
+from . import distributed as edist
+
+TERMS = ("image_image", "text_text", "image_caption", "image_tags")
+CROSS_MODAL_TERMS = ("image_caption", "image_tags")
+TEMPERATURE_INIT = math.log(1.0 / 0.07)  # 2.65926: CLIP's initial logit scale 1/0.07
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+# ----------------------------------------------------------------------------------------------
+class LossConfigError(ValueError):
+    """A bad ``loss:`` section; the message starts with the dotted path of the offending key."""
+
+
+@dataclass
+class LossWeights:
+    image_image: float = 1.0
+    text_text: float = 1.0
+    image_caption: float = 1.0
+    image_tags: float = 1.0
+
+
+@dataclass
+class QueueConfig:
+    enabled: bool = False
+    size: int = 16384      # ours, not from the BriVL paper; must be a multiple of the global batch
+    momentum: float = 0.999  # EMA factor of the momentum towers (MoCo's default)
+    terms: Tuple[str, ...] = CROSS_MODAL_TERMS  # cross-modal terms that receive the queue negatives
+
+
+@dataclass
+class LossConfig:
+    """Mirror of the YAML ``loss:`` section (every key optional; defaults below)."""
+    weights: LossWeights = field(default_factory=LossWeights)
+    cross_modal_image_view: int = 2  # the paper's figure pairs image view 2 ...
+    cross_modal_text_view: int = 1   # ... with text view 1
+    negatives: str = "full"          # full | local (see module docstring)
+    max_logit_scale: float = 100.0   # clamp_logit_scale_ keeps exp(t) in [1, max_logit_scale]
+    tag_prompt: str = "图片中包含"    # object-tag text = tag_prompt + tag_separator.join(tags)
+    tag_separator: str = ", "
+    queue: QueueConfig = field(default_factory=QueueConfig)
+
+    @classmethod
+    def from_dict(cls, d: Optional[Mapping[str, Any]], prefix: str = "loss") -> "LossConfig":
+        """Build and validate from a plain mapping; errors name the bad key, e.g. ``loss.weights.x``."""
+        d = {} if d is None else d
+        _expect_mapping(d, prefix)
+        known = {f.name for f in dataclasses.fields(cls)}
+        _reject_unknown(d, known, prefix)
+        cfg = cls()
+        if "weights" in d:
+            w = d["weights"] if d["weights"] is not None else {}
+            _expect_mapping(w, f"{prefix}.weights")
+            _reject_unknown(w, set(TERMS), f"{prefix}.weights")
+            for k, v in w.items():
+                setattr(cfg.weights, k, _number(v, f"{prefix}.weights.{k}", low=0.0))
+        for k in ("cross_modal_image_view", "cross_modal_text_view"):
+            if k in d:
+                if isinstance(d[k], bool) or d[k] not in (1, 2):
+                    raise LossConfigError(f"{prefix}.{k}: must be 1 or 2, got {d[k]!r}")
+                setattr(cfg, k, int(d[k]))
+        if "negatives" in d:
+            if d["negatives"] not in ("full", "local"):
+                raise LossConfigError(f"{prefix}.negatives: must be 'full' or 'local', got {d['negatives']!r}")
+            cfg.negatives = d["negatives"]
+        if "max_logit_scale" in d:
+            cfg.max_logit_scale = _number(d["max_logit_scale"], f"{prefix}.max_logit_scale", low=1.0)
+        for k in ("tag_prompt", "tag_separator"):
+            if k in d:
+                if not isinstance(d[k], str):
+                    raise LossConfigError(f"{prefix}.{k}: must be a string, got {d[k]!r}")
+                setattr(cfg, k, d[k])
+        if "queue" in d:
+            q = d["queue"] if d["queue"] is not None else {}
+            qp = f"{prefix}.queue"
+            _expect_mapping(q, qp)
+            _reject_unknown(q, {f.name for f in dataclasses.fields(QueueConfig)}, qp)
+            if "enabled" in q:
+                if not isinstance(q["enabled"], bool):
+                    raise LossConfigError(f"{qp}.enabled: must be true or false, got {q['enabled']!r}")
+                cfg.queue.enabled = q["enabled"]
+            if "size" in q:
+                if isinstance(q["size"], bool) or not isinstance(q["size"], int) or q["size"] <= 0:
+                    raise LossConfigError(f"{qp}.size: must be a positive integer, got {q['size']!r}")
+                cfg.queue.size = q["size"]
+            if "momentum" in q:
+                m = _number(q["momentum"], f"{qp}.momentum", low=0.0)
+                if m >= 1.0:
+                    raise LossConfigError(f"{qp}.momentum: must be in [0, 1), got {m!r}")
+                cfg.queue.momentum = m
+            if "terms" in q:
+                terms = q["terms"]
+                if isinstance(terms, str) or not isinstance(terms, Sequence):
+                    raise LossConfigError(f"{qp}.terms: must be a list, got {terms!r}")
+                for t in terms:
+                    if t not in CROSS_MODAL_TERMS:
+                        raise LossConfigError(f"{qp}.terms: {t!r} is not one of {list(CROSS_MODAL_TERMS)}")
+                cfg.queue.terms = tuple(terms)
+        cfg.validate(prefix)
+        return cfg
+
+    def validate(self, prefix: str = "loss") -> None:
+        if all(getattr(self.weights, t) == 0 for t in TERMS):
+            raise LossConfigError(f"{prefix}.weights: every term weight is 0, nothing to train")
+        if self.queue.enabled and not any(getattr(self.weights, t) > 0 for t in self.queue.terms):
+            raise LossConfigError(f"{prefix}.queue.enabled: the queue only feeds {list(self.queue.terms)}, "
+                                  f"whose weights are all 0")
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["queue"]["terms"] = list(d["queue"]["terms"])
+        return d
+
+
+def _expect_mapping(d, path):
+    if not isinstance(d, Mapping):
+        raise LossConfigError(f"{path}: must be a mapping, got {type(d).__name__}")
+
+
+def _reject_unknown(d, known, path):
+    for k in d:
+        if k not in known:
+            raise LossConfigError(f"{path}.{k}: unknown key (expected one of {sorted(known)})")
+
+
+def _number(v, path, low):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
+        raise LossConfigError(f"{path}: must be a finite number >= {low}, got {v!r}")
+    return float(v)
+
+
+def tag_text(tags: Sequence[str], prompt: str = "图片中包含", separator: str = ", ") -> str:
+    """The object-tag view's text, e.g. ``"图片中包含红色汽车, 蓝天, 绿树"``."""
+    return prompt + separator.join(tags)
+
+
+# ----------------------------------------------------------------------------------------------
+# temperature
+# ----------------------------------------------------------------------------------------------
+@paddle.no_grad()
+def clamp_logit_scale_(param: paddle.Tensor, max_scale: float = 100.0, min_scale: float = 1.0,
+                       optimizer=None) -> paddle.Tensor:
+    """Clip the log-scale parameter t in place to [ln min_scale, ln max_scale] (exp(t) in [1, 100]).
+
+    Call after every optimizer step.  A clip inside the forward would not work: it zeroes the
+    gradient while t keeps drifting, which is the official release's no-op clamp.  If the optimizer
+    keeps an fp32 master copy of ``param`` (AMP O2, ``multi_precision``), pass it so the master copy is
+    clipped too; otherwise the next step would restore the unclipped value.
+    """
+    lo, hi = math.log(min_scale), math.log(max_scale)
+    param.set_value(paddle.clip(param, lo, hi))
+    masters = getattr(optimizer, "_master_weights", None) or {}
+    master = masters.get(param.name)
+    if master is not None:
+        master.set_value(paddle.clip(master, lo, hi))
+    return param
+
+
+# ----------------------------------------------------------------------------------------------
+# momentum encoders and queue (BriVL / WenLan)
+# ----------------------------------------------------------------------------------------------
+def make_momentum_copy(layer: paddle.nn.Layer) -> paddle.nn.Layer:
+    """A detached deep copy of ``layer`` for momentum keys: same values, no gradients."""
+    m = copy.deepcopy(layer)
+    for p in m.parameters():
+        p.stop_gradient = True
+    return m
+
+
+@paddle.no_grad()
+def momentum_update_(online: paddle.nn.Layer, momentum: paddle.nn.Layer, m: float) -> None:
+    """EMA of parameters, in place: ``p_m = m * p_m + (1 - m) * p_online``.
+
+    Buffers are left alone (as in MoCo; the ViT / ERNIE towers have none that train).  Parameters are
+    paired by structured name, so the two layers must have the same architecture.
+    """
+    on = dict(online.named_parameters())
+    mo = dict(momentum.named_parameters())
+    if on.keys() != mo.keys():
+        raise ValueError(f"momentum_update_: parameter names differ: "
+                         f"{sorted(set(on) ^ set(mo))[:5]}")
+    for name, pm in mo.items():
+        po = on[name]
+        pm.set_value(pm * m + po.astype(pm.dtype) * (1.0 - m))
+
+
+class MomentumQueue(paddle.nn.Layer):
+    """Ring buffers of past momentum keys, one per modality (persistable buffers, so they are saved).
+
+    * ``image_queue``, ``text_queue``: ``[size, dim]`` fp32, L2-normalised keys.
+    * ``ptr``: next row to write.  ``filled``: rows written so far (caps at ``size``).
+
+    Only the first ``filled`` rows are used as negatives (:meth:`negatives`), so the zero rows of a
+    fresh queue never act as negatives.  Rows are written in enqueue order; since ``size`` is a
+    multiple of the batch, a batch never straddles the end of the buffer, and after wrapping around
+    the oldest batch is overwritten first.
+
+    Every rank must enqueue the same gathered (global) keys so that the queues stay identical; use
+    :meth:`MultiViewContrastiveLoss.update_queue`, which gathers first.
+    """
+
+    def __init__(self, size: int, dim: int, global_batch: Optional[int] = None):
+        super().__init__()
+        if size <= 0 or dim <= 0:
+            raise ValueError(f"MomentumQueue: size and dim must be positive, got {size}, {dim}")
+        self.size, self.dim = int(size), int(dim)
+        if global_batch is not None:
+            self._check_batch(global_batch)
+        self.register_buffer("image_queue", paddle.zeros([self.size, self.dim], "float32"), persistable=True)
+        self.register_buffer("text_queue", paddle.zeros([self.size, self.dim], "float32"), persistable=True)
+        self.register_buffer("ptr", paddle.zeros([1], "int64"), persistable=True)
+        self.register_buffer("filled", paddle.zeros([1], "int64"), persistable=True)
+
+    def _check_batch(self, n: int) -> None:
+        if n <= 0 or self.size % n != 0:
+            raise ValueError(f"loss.queue.size ({self.size}) must be a multiple of the global batch "
+                             f"size ({n} = per-rank batch x world size)")
+
+    @paddle.no_grad()
+    def enqueue(self, image_keys: paddle.Tensor, text_keys: paddle.Tensor) -> None:
+        """Write a batch of global keys ``[n, dim]`` at ``ptr`` (normalised here) and advance."""
+        n = image_keys.shape[0]
+        if text_keys.shape[0] != n:
+            raise ValueError(f"enqueue: {n} image keys but {text_keys.shape[0]} text keys")
+        for k in (image_keys, text_keys):
+            if k.ndim != 2 or k.shape[1] != self.dim:
+                raise ValueError(f"enqueue: keys must be [n, {self.dim}], got {list(k.shape)}")
+        self._check_batch(n)
+        p = int(self.ptr.item())
+        rows = paddle.arange(p, p + n, dtype="int64")
+        # Out of place (scatter + rebind): the previous buffers may still be held by the autograd graph
+        # of a loss that has not run backward yet, and an in-place write would invalidate it.
+        self.image_queue = paddle.scatter(self.image_queue, rows, _unit(image_keys), overwrite=True)
+        self.text_queue = paddle.scatter(self.text_queue, rows, _unit(text_keys), overwrite=True)
+        self.ptr = paddle.full([1], (p + n) % self.size, "int64")
+        self.filled = paddle.full([1], min(int(self.filled.item()) + n, self.size), "int64")
+
+    def negatives(self) -> Optional[Tuple[paddle.Tensor, paddle.Tensor]]:
+        """``(image_keys, text_keys)`` of the filled rows, or None while the queue is empty."""
+        f = int(self.filled.item())
+        if f == 0:
+            return None
+        return self.image_queue[:f].detach(), self.text_queue[:f].detach()
+
+
+def _unit(x: paddle.Tensor) -> paddle.Tensor:
+    return F.normalize(x.astype("float32"), axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# the loss
+# ----------------------------------------------------------------------------------------------
+def _ce_diag(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+    """Mean cross-entropy of each row against its label column, via log-softmax (stable)."""
+    logp = F.log_softmax(logits, axis=1)
+    return -paddle.take_along_axis(logp, labels.unsqueeze(1), axis=1).mean()
+
+
+def symmetric_infonce(a_q, b_q, a_all, b_all, scale, labels, a_neg=None, b_neg=None):
+    """(CE(a_q -> [b_all; b_neg]) + CE(b_q -> [a_all; a_neg])) / 2, inputs already unit-norm fp32.
+
+    ``a_q``/``b_q`` are the query rows (all N in full mode, this rank's B in local mode), ``labels``
+    their positive columns in ``a_all``/``b_all``; ``a_neg``/``b_neg`` optional extra negative keys.
+    """
+    ab = paddle.matmul(a_q, b_all, transpose_y=True)
+    if a_neg is None and b_neg is None and a_q is a_all and b_q is b_all:
+        ba = ab.T  # full mode without queue: one matmul serves both directions
+    else:
+        ba = paddle.matmul(b_q, a_all, transpose_y=True)
+    if b_neg is not None:
+        ab = paddle.concat([ab, paddle.matmul(a_q, b_neg, transpose_y=True)], axis=1)
+    if a_neg is not None:
+        ba = paddle.concat([ba, paddle.matmul(b_q, a_neg, transpose_y=True)], axis=1)
+    return 0.5 * (_ce_diag(scale * ab, labels) + _ce_diag(scale * ba, labels))
+
+
+class MultiViewContrastiveLoss(paddle.nn.Layer):
+    """ERNIE-ViL 2.0's multi-view contrastive loss (see the module docstring).
+
+    Args:
+        config: a :class:`LossConfig` or a plain dict of the YAML ``loss:`` section.
+        embed_dim: embedding width; required when the queue is enabled (sizes its buffers).
+        global_batch: optional per-rank batch x world size, to reject a bad queue size at
+            construction rather than at the first enqueue.
+
+    The queue (``self.queue``, a :class:`MomentumQueue`, only when enabled) is a sub-layer, so its
+    buffers are in this layer's ``state_dict``: save and restore that with the checkpoint.
+    """
+
+    def __init__(self, config=None, embed_dim: Optional[int] = None, global_batch: Optional[int] = None):
+        super().__init__()
+        if config is None or isinstance(config, Mapping):
+            config = LossConfig.from_dict(config)
+        config.validate()
+        self.config = config
+        self.weights = {t: float(getattr(config.weights, t)) for t in TERMS}
+        self.queue = None
+        if config.queue.enabled:
+            if embed_dim is None:
+                raise ValueError("MultiViewContrastiveLoss: embed_dim is required when loss.queue.enabled")
+            self.queue = MomentumQueue(config.queue.size, embed_dim, global_batch)
+
+    def active_terms(self):
+        return [t for t in TERMS if self.weights[t] > 0]
+
+    def forward(self, image_view1=None, image_view2=None, text_view1=None, text_view2=None, tags=None,
+                temperature=None, queue_keys=None) -> Dict[str, paddle.Tensor]:
+        """Compute every active term on this rank's ``[B, D]`` embeddings (raw, normalised here).
+
+        Args:
+            image_view1, image_view2: image tower outputs for the two augmentations.
+            text_view1, text_view2: text tower outputs for two dropout passes of the caption.
+            tags: text tower output for the object-tag text.
+            temperature: the parameter t (shape [1]); logit scale = exp(t).
+            queue_keys: optional ``(image_keys, text_keys)`` extra negatives, overriding ``self.queue``.
+                Treated as unit vectors (MomentumQueue stores them normalised).
+        An input may be None when no active term needs it.
+
+        Returns:
+            dict with ``loss`` (sum of weight x term), each active term unweighted under its name, and
+            ``logit_scale`` (exp(t), detached).  Values are the global loss on every rank.
+        """
+        if temperature is None:
+            raise ValueError("MultiViewContrastiveLoss: temperature (the log logit scale t) is required")
+        cfg = self.config
+        given = {"image_view1": image_view1, "image_view2": image_view2, "text_view1": text_view1,
+                 "text_view2": text_view2, "tags": tags}
+        img_x = f"image_view{cfg.cross_modal_image_view}"
+        txt_x = f"text_view{cfg.cross_modal_text_view}"
+        pairs = {"image_image": ("image_view1", "image_view2"), "text_text": ("text_view1", "text_view2"),
+                 "image_caption": (img_x, txt_x), "image_tags": (img_x, "tags")}
+        active = self.active_terms()
+        needed = []
+        for t in active:
+            for v in pairs[t]:
+                if given[v] is None:
+                    raise ValueError(f"MultiViewContrastiveLoss: term {t} (weight {self.weights[t]}) needs {v}")
+                if v not in needed:
+                    needed.append(v)
+        if queue_keys is None and self.queue is not None:
+            queue_keys = self.queue.negatives()
+
+        with paddle.amp.auto_cast(enable=False):
+            local = {v: _unit(given[v]) for v in needed}
+            rows = local[needed[0]].shape[0]
+            for v in needed:
+                if local[v].shape[0] != rows:
+                    raise ValueError(f"MultiViewContrastiveLoss: {v} has {local[v].shape[0]} rows, "
+                                     f"{needed[0]} has {rows}")
+            # One collective for all views: concat along the feature axis, gather, split back.
+            widths = [local[v].shape[1] for v in needed]
+            gathered = edist.all_gather_with_grad(paddle.concat([local[v] for v in needed], axis=1))
+            glob = dict(zip(needed, paddle.split(gathered, widths, axis=1)))
+            if cfg.negatives == "full":
+                queries, labels = glob, paddle.arange(gathered.shape[0], dtype="int64")
+            else:
+                start = edist.get_rank() * rows
+                queries, labels = local, paddle.arange(start, start + rows, dtype="int64")
+            scale = paddle.exp(temperature.astype("float32"))
+            terms = {}
+            for t in active:
+                a, b = pairs[t]
+                a_neg = b_neg = None
+                if queue_keys is not None and t in cfg.queue.terms and t in CROSS_MODAL_TERMS:
+                    a_neg = queue_keys[0].astype("float32")  # image keys: negatives for text queries
+                    b_neg = queue_keys[1].astype("float32")  # text keys: negatives for image queries
+                terms[t] = symmetric_infonce(queries[a], queries[b], glob[a], glob[b], scale, labels,
+                                             a_neg=a_neg, b_neg=b_neg)
+            if cfg.negatives == "local" and edist.is_distributed():
+                # Report the global value (mean over ranks) without touching the local gradients:
+                # value = global, d/dx = d(local)/dx.
+                stacked = paddle.stack([terms[t] for t in active])
+                delta = (edist.all_reduce_mean_no_grad(stacked) - stacked.detach()).unbind(0)
+                terms = {t: terms[t] + d for t, d in zip(active, delta)}
+            total = paddle.add_n([terms[t] * self.weights[t] for t in active])
+        out = {"loss": total}
+        out.update(terms)
+        out["logit_scale"] = scale.detach().reshape([])
+        return out
+
+    @paddle.no_grad()
+    def update_queue(self, image_keys: paddle.Tensor, text_keys: paddle.Tensor) -> None:
+        """Gather this rank's momentum keys ``[B, D]`` from all ranks and enqueue them (same on every rank).
+
+        Call once per step after the loss has been computed (keys of the momentum towers: the image
+        view used for the cross-modal terms, and the caption text view).
+        """
+        if self.queue is None:
+            raise RuntimeError("update_queue: loss.queue.enabled is false")
+        self.queue.enqueue(edist.all_gather_no_grad(image_keys.astype("float32")),
+                           edist.all_gather_no_grad(text_keys.astype("float32")))
