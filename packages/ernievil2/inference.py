@@ -293,14 +293,14 @@ class SidecarWriter:
                     return
 
 
-def check_inputs(cfg):
+def check_inputs(cfg, need_weights=True):
     """Name the missing file and what to do, before any work starts."""
     checks = [("init_from_params", WEIGHTS_HELP), ("vocab_file", VOCAB_HELP),
               ("test_file", "Set test_file to a UTF-8 TSV of text \\t image_id \\t base64 image rows."),
               ("text_model_config", "Use packages/ernie_base_3.0/ernie_config.base.json from this repository.")]
     for key, help_text in checks:
         path = cfg[key]
-        if cfg.engine == "paddle_inference" and key == "init_from_params":
+        if key == "init_from_params" and (cfg.engine == "paddle_inference" or not need_weights):
             continue
         if not os.path.isfile(path):
             raise InferenceError(f"{key}: file not found: {path}. {help_text}")
@@ -326,19 +326,10 @@ def resolve_device(requested):
     return requested
 
 
-def run_inference(cfg, encoder=None):
-    """Embed every row of cfg.test_file; returns a Summary.  `encoder` (tests) replaces the configured one."""
-    from .encoders import make_encoder  # imports Paddle: kept out of the worker processes
+def iter_embeddings(cfg, encoder, tokenizer, policy, stats, progress=None):
+    """Yield (row, text_embedding, image_embedding) for every good row of cfg.test_file, in input order.
 
-    check_inputs(cfg)
-    start = time.time()
-    tokenizer = ErnieTokenizer.from_file(cfg.vocab_file)
-    check_special_tokens(cfg, tokenizer)
-    encoder = encoder or make_encoder(cfg)
-    policy = BadRowPolicy(cfg.on_bad_row, cfg.bad_row_log or f"{cfg.output_file}.skipped.txt")
-    summary = Summary(output_file=cfg.output_file)
-    sidecar_path = os.path.splitext(cfg.output_file)[0] + ".npz" if cfg.write_sidecar else None
-
+    Bad rows go to `policy`; `stats` (a Summary) receives the row and image counts."""
     initargs = (cfg.vocab_file, cfg.max_text_seqlen, cfg.image_size, cfg.max_image_pixels)
     if cfg.num_workers > 0:
         pool = multiprocessing.get_context("spawn").Pool(cfg.num_workers, _init_worker, initargs)
@@ -349,52 +340,83 @@ def run_inference(cfg, encoder=None):
     # Sized so that every image the planner counted as scheduled is still here when its rows are computed.
     embeddings = _LRU(cfg.image_cache_size + (depth + 1) * cfg.infer_batch_size)
     failed = _LRU(embeddings.capacity)
-    sidecar = SidecarWriter(sidecar_path) if sidecar_path else None
     counted = _RowCounter(read_rows(cfg.test_file))
-    progress = _progress(cfg.progress)
     try:
-        with atomic_path(cfg.output_file) as tmp_out, open(tmp_out, "w", encoding="utf-8") as out:
-            plans = _plan_batches(counted, cfg.infer_batch_size, scheduled, policy)
-            for plan, (ids, pixels, errors) in _prefetch(pool, plans, depth):
-                _encode_new_images(plan, pixels, errors, encoder, embeddings, failed, summary)
-                keep = []
-                for i, (row, key) in enumerate(zip(plan.rows, plan.keys)):
-                    if key in failed:
-                        failed.move_to_end(key)
-                        policy(BadRow(cfg.test_file, row.line, failed[key]))
-                    else:
-                        keep.append(i)
-                if not keep:
-                    continue
+        plans = _plan_batches(counted, cfg.infer_batch_size, scheduled, policy)
+        for plan, (ids, pixels, errors) in _prefetch(pool, plans, depth):
+            _encode_new_images(plan, pixels, errors, encoder, embeddings, failed, stats)
+            keep = []
+            for i, (row, key) in enumerate(zip(plan.rows, plan.keys)):
+                if key in failed:
+                    failed.move_to_end(key)
+                    policy(BadRow(cfg.test_file, row.line, failed[key]))
+                else:
+                    keep.append(i)
+            if keep:
                 batch_ids = ids[keep]
                 batch_ids = batch_ids[:, : int((batch_ids != tokenizer.pad_id).sum(1).max())]
                 text_emb = encoder.encode_text(batch_ids)
                 for j, i in enumerate(keep):
-                    row, key = plan.rows[i], plan.keys[i]
-                    image_emb = embeddings[key]
+                    key = plan.keys[i]
                     embeddings.move_to_end(key)
-                    out.write(f"{format_vector(text_emb[j])}\t{format_vector(image_emb)}\t{row.image_id}\n")
-                    if sidecar:
-                        sidecar.add(text_emb[j], image_emb, row.image_id)
-                summary.written += len(keep)
+                    yield plan.rows[i], text_emb[j], embeddings[key]
+                stats.written += len(keep)
+            if progress is not None:
                 progress.update(len(plan.rows))
-            summary.images_reused = summary.written - summary.images_encoded
-            out.flush()
+    finally:
+        pool.terminate()
+        pool.join()
+        stats.rows = counted.count
+        stats.images_reused = stats.written - stats.images_encoded
+
+
+def run_inference(cfg, encoder=None):
+    """Embed every row of cfg.test_file into cfg.output_file (+ sidecar); returns a Summary.
+    `encoder` (tests, the trainer) replaces the configured one."""
+    from .encoders import make_encoder  # imports Paddle: kept out of the worker processes
+
+    check_inputs(cfg, need_weights=encoder is None)
+    start = time.time()
+    tokenizer = ErnieTokenizer.from_file(cfg.vocab_file)
+    check_special_tokens(cfg, tokenizer)
+    encoder = encoder or make_encoder(cfg)
+    policy = BadRowPolicy(cfg.on_bad_row, cfg.bad_row_log or f"{cfg.output_file}.skipped.txt")
+    summary = Summary(output_file=cfg.output_file)
+    sidecar_path = os.path.splitext(cfg.output_file)[0] + ".npz" if cfg.write_sidecar else None
+    sidecar = SidecarWriter(sidecar_path) if sidecar_path else None
+    progress = _progress(cfg.progress)
+    try:
+        with atomic_path(cfg.output_file) as tmp_out, open(tmp_out, "w", encoding="utf-8") as out:
+            for row, text_emb, image_emb in iter_embeddings(cfg, encoder, tokenizer, policy, summary, progress):
+                out.write(f"{format_vector(text_emb)}\t{format_vector(image_emb)}\t{row.image_id}\n")
+                if sidecar:
+                    sidecar.add(text_emb, image_emb, row.image_id)
             if sidecar:
                 sidecar.finish()
                 summary.sidecar_file = sidecar_path
         policy.close()
     finally:
         progress.close()
-        pool.terminate()
-        pool.join()
         if sidecar:
             sidecar.cleanup()
-    summary.rows = counted.count
     summary.skipped = dict(policy.reason_counts())
     summary.bad_row_log = policy.log_path if policy.skipped else ""
     summary.seconds = time.time() - start
     return summary
+
+
+def embed_file(cfg, encoder):
+    """Embed cfg.test_file into memory (the trainer's dev evaluation): (text [N,D], image [N,D], image_ids)."""
+    tokenizer = ErnieTokenizer.from_file(cfg.vocab_file)
+    policy = BadRowPolicy(cfg.on_bad_row)
+    texts, images, ids = [], [], []
+    for row, t, i in iter_embeddings(cfg, encoder, tokenizer, policy, Summary()):
+        texts.append(t)
+        images.append(i)
+        ids.append(row.image_id)
+    if not ids:
+        raise InferenceError(f"{cfg.test_file}: no usable rows to embed")
+    return np.stack(texts), np.stack(images), ids
 
 
 def _encode_new_images(plan, pixels, errors, encoder, embeddings, failed, summary):
