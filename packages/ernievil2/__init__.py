@@ -3,3 +3,8 @@
 Submodules are imported on use so that light tools (the evaluator) do not pay for importing Paddle.
 """
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# Paddle warns on import that ccache (a C++ build cache for custom operators) is missing: irrelevant here.
+_warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)

@@ -3,7 +3,34 @@ import sys
 
 from . import cli
 
-COMMANDS = {"infer": cli.infer_main}
+
+def _convert_main(argv):
+    from .convert import main
+    return main(argv)
+
+
+def _export_main(argv):
+    from .export import main
+    return main(argv)
+
+
+def _demo_data_main(argv):
+    from .demo_data import main
+    return main(argv)
+
+
+def _build_vocab_main(argv):
+    from .vocab_builder import main
+    return main(argv)
+
+
+def _convert_data_main(argv):
+    from .data_convert import main
+    return main(argv)
+
+
+COMMANDS = {"infer": cli.infer_main, "convert": _convert_main, "export": _export_main,
+            "demo-data": _demo_data_main, "build-vocab": _build_vocab_main, "convert-data": _convert_data_main}
 
 
 def main(argv=None):

@@ -33,3 +33,44 @@ def infer_main(argv=None):
     for line in summary.lines():
         print(line)
     return 0
+
+
+def train_main(argv=None):
+    from .checkpoint import CheckpointError
+    from .config import ConfigError, split_cli_overrides
+    from .inference import InferenceError
+    from .tokenizer import VocabError
+    from .trainer import TrainingError, load_train_config, run_training
+    from .tsv import BadRowError
+
+    argv, overrides = split_cli_overrides(list(sys.argv[1:] if argv is None else argv))
+    parser = argparse.ArgumentParser(prog="run_train.sh", description="Multi-view contrastive training.")
+    parser.add_argument("config", help="training YAML, e.g. packages/configs/demo.yaml")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_train_config(args.config, overrides)
+        trainer, final = run_training(cfg, args.config)
+    except BadRowError as e:
+        return _fail(f"{e} (set data.on_bad_row: skip to skip such rows)", 1)
+    except TrainingError as e:
+        return _fail(str(e), 1)
+    except (ConfigError, InferenceError, CheckpointError, VocabError, FileNotFoundError, ValueError) as e:
+        return _fail(str(e))
+    if trainer.is_main and cfg.data.test_file:
+        return _embed_and_evaluate_test(trainer)
+    return 0
+
+
+def _embed_and_evaluate_test(trainer):
+    """After training: embed the test split with the final weights through the same entry points as
+    run_infer.sh and eval_retri.py, and print the recall table."""
+    from .evaluation import main as eval_main
+    infer_yaml = os.path.join(trainer.out_dir, "infer.yaml")
+    device = "gpu" if trainer.device == "gpu" else "cpu"
+    print(f"embedding the test split: bash run_infer.sh {device} {infer_yaml}", flush=True)
+    code = infer_main([infer_yaml, "-o", f"device={device}", "-o", "progress=false"])
+    if code:
+        return code
+    embeddings = os.path.join(trainer.out_dir, "test_embeddings.out")
+    print(f"python eval_retri.py {embeddings}", flush=True)
+    return eval_main([embeddings])

@@ -164,7 +164,8 @@ def _check(field, value, source, dotted):
     elif expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # e.g. `-o device=0` for a string-typed key
     if expected is not None and not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"{source}: '{dotted}' must be {expected.__name__}, got {value!r}")
+        names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+        raise ConfigError(f"{source}: '{dotted}' must be {names}, got {value!r}")
     if field.choices and value not in field.choices:
         raise ConfigError(f"{source}: '{dotted}' must be one of {', '.join(map(str, field.choices))}; got {value!r}")
     return value

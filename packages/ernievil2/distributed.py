@@ -56,7 +56,8 @@ def get_world_size() -> int:
 
 def _gather_list(x: paddle.Tensor) -> List[paddle.Tensor]:
     parts: List[paddle.Tensor] = []
-    dist.all_gather(parts, x)
+    # Collectives need contiguous memory; a slice such as the class token h[:, 0] is a strided view.
+    dist.all_gather(parts, x.contiguous())
     return parts
 
 
@@ -128,3 +129,14 @@ def broadcast_layer_(layer: paddle.nn.Layer, src: int = 0) -> paddle.nn.Layer:
         for t in list(layer.parameters()) + list(layer.buffers()):
             dist.broadcast(t, src=src)
     return layer
+
+
+def get_world_size_from_env() -> int:
+    """Ranks the launcher started (PADDLE_TRAINERS_NUM), readable before the parallel env is initialised."""
+    import os
+    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
