@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import REQUIRED, Field, load_config
-from .fileio import atomic_path
+from .fileio import atomic_path, temp_path_for
 from .image_ops import DEFAULT_MAX_PIXELS, decode_base64_image, preprocess_eval
 from .tokenizer import ErnieTokenizer
 from .tsv import BadRow, BadRowPolicy, read_rows
@@ -232,7 +232,8 @@ class SidecarWriter:
 
     def __init__(self, path):
         self.path = path
-        self.parts = {name: f"{path}.{name}.part{os.getpid()}" for name in ("text", "image", "ids")}
+        base = temp_path_for(path)  # hidden, beside the final file; removed by finish() or cleanup()
+        self.parts = {name: f"{base}.{name}" for name in ("text", "image", "ids")}
         self.files = {name: open(p, "wb") for name, p in self.parts.items()}
         self.rows = 0
         self.dim = None

@@ -92,7 +92,8 @@ class BadRowPolicy:
 
     def close(self):
         if self.log_path and self.skipped:
+            # Sorted: row-level problems are found while reading ahead, image problems at compute time.
             def write(tmp):
                 with open(tmp, "w", encoding="utf-8") as f:
-                    f.writelines(f"{b}\n" for b in self.skipped)
+                    f.writelines(f"{b}\n" for b in sorted(self.skipped, key=lambda b: (b.path, b.line)))
             atomic_write(self.log_path, write)
