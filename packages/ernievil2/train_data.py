@@ -105,6 +105,9 @@ def split_tags(text):
 class MultiViewDataset(paddle.io.Dataset):
     """Item (epoch, index) -> the sample's views: two augmented images, caption ids, object-tag ids.
 
+    augment: True (the release's recipe), False (both views preprocessed as at test time), or a dict of
+    `augment_train` options, e.g. {flip_p: 0, gray_p: 0} when captions name sides and colours.
+
     A bad row raises (on_bad_row=error) or is replaced by the next good row in file order (skip), counted in
     the sample's `skipped` field and appended to `bad_row_log`."""
 
@@ -170,8 +173,9 @@ class MultiViewDataset(paddle.io.Dataset):
         except ValueError as e:
             raise BadRowError(BadRow(path, line, str(e))) from None
         if self.augment:
-            view1 = augment_train(rgb, rng, self.image_size)
-            view2 = augment_train(rgb, rng, self.image_size)
+            options = self.augment if isinstance(self.augment, dict) else {}
+            view1 = augment_train(rgb, rng, self.image_size, **options)
+            view2 = augment_train(rgb, rng, self.image_size, **options)
         else:
             view1 = view2 = preprocess_eval(rgb, self.image_size)
         tags = split_tags(row.tags) if row.tags else self.tags.get(row.image_id, [])

@@ -35,6 +35,7 @@ TRAIN_SCHEMA = {
     "resume": Field(None, type=str, doc="auto: the newest checkpoint in output_dir; or a checkpoint directory"),
     "vocab_file": Field(REQUIRED, type=str),
     "device": Field("auto", choices=("auto", "gpu", "cpu")),
+    "cpu_threads": Field(0, doc="math threads per rank on the CPU; 0: the cores divided among local ranks"),
     "data": {
         "train_file": Field(REQUIRED, type=(str, list)),
         "dev_file": Field(None, type=str),
@@ -45,7 +46,7 @@ TRAIN_SCHEMA = {
         "num_workers": 2,
         "image_size": 224,
         "max_text_len": 48,
-        "augment": True,
+        "augment": Field(True, type=(bool, dict), doc="true, false, or augment_train options"),
         "shuffle": True,
         "tags_file": Field(None, type=str),
         "shuffle_tags": True,
@@ -110,6 +111,15 @@ def load_train_config(path, overrides=()):
     for key in ("schedule.max_steps", "schedule.save_every", "schedule.eval_every", "schedule.warmup_steps"):
         if cfg.get_path(key) < 0:
             raise ConfigError(f"{src}: '{key}' must be >= 0, got {cfg.get_path(key)}")
+    if isinstance(cfg.data.augment, dict):
+        import inspect
+
+        from .image_ops import augment_train
+        allowed = set(inspect.signature(augment_train).parameters) - {"rgb", "rng", "size"}
+        for key in cfg.data.augment:
+            if key not in allowed:
+                raise ConfigError(f"{src}: unknown key 'data.augment.{key}'; expected some of "
+                                  f"{', '.join(sorted(allowed))}")
     if cfg.resume not in (None, "auto") and not os.path.isdir(cfg.resume):
         raise ConfigError(f"{src}: 'resume' must be auto or a checkpoint directory; {cfg.resume} does not exist")
     return cfg
@@ -339,6 +349,9 @@ class Trainer:
         if want == "gpu" and self.is_main:
             print("warning: no usable GPU in this Paddle build/machine; training on the CPU", file=sys.stderr)
         paddle.set_device("cpu")
+        from .encoders import set_cpu_threads
+        local_ranks = int(os.environ.get("PADDLE_LOCAL_SIZE", os.environ.get("PADDLE_TRAINERS_NUM", "1")))
+        set_cpu_threads(self.cfg.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, local_ranks)))
         return "cpu"
 
     def _find_resume(self):
