@@ -1,44 +1,27 @@
-"""`python -m ernievil2 COMMAND ...`: infer (run_infer.sh), and the other tools as they are added."""
+"""`python -m ernievil2 COMMAND ...`: one entry point for every tool; each is imported only when used."""
+import importlib
 import sys
 
-from . import cli
-
-
-def _convert_main(argv):
-    from .convert import main
-    return main(argv)
-
-
-def _export_main(argv):
-    from .export import main
-    return main(argv)
-
-
-def _demo_data_main(argv):
-    from .demo_data import main
-    return main(argv)
-
-
-def _build_vocab_main(argv):
-    from .vocab_builder import main
-    return main(argv)
-
-
-def _convert_data_main(argv):
-    from .data_convert import main
-    return main(argv)
-
-
-COMMANDS = {"infer": cli.infer_main, "convert": _convert_main, "export": _export_main,
-            "demo-data": _demo_data_main, "build-vocab": _build_vocab_main, "convert-data": _convert_data_main}
+COMMANDS = {
+    "infer": ("ernievil2.cli", "infer_main", "embed a TSV (run_infer.sh)"),
+    "train": ("ernievil2.cli", "train_main", "train from a YAML config (run_train.sh)"),
+    "eval": ("ernievil2.evaluation", "main", "Recall@K of an embeddings file (eval_retri.py)"),
+    "convert": ("ernievil2.convert", "main", "weights: official <-> PaddleNLP layout, .pdparams -> .safetensors"),
+    "export": ("ernievil2.export", "main", "export the towers for Paddle Inference"),
+    "demo-data": ("ernievil2.demo_data", "main", "generate the synthetic demo data set"),
+    "build-vocab": ("ernievil2.vocab_builder", "main", "build a token\\tid vocabulary from TSV files"),
+    "convert-data": ("ernievil2.data_convert", "main", "convert images + captions to the TSV format"),
+}
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m ernievil2 {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        lines = [f"  {name:<13} {doc}" for name, (_, _, doc) in COMMANDS.items()]
+        print("usage: python -m ernievil2 COMMAND [args]\n" + "\n".join(lines), file=sys.stderr)
         return 2
-    return COMMANDS[argv[0]](argv[1:])
+    module, function, _ = COMMANDS[argv[0]]
+    return getattr(importlib.import_module(module), function)(argv[1:])
 
 
 if __name__ == "__main__":
