@@ -6,6 +6,7 @@ the same report.  Files are written atomically, so a crash never leaves a trunca
 """
 import os
 import pickle
+import sys
 import zipfile
 from dataclasses import dataclass, field
 
@@ -42,7 +43,21 @@ class LoadReport:
 
 
 def read_state(path):
-    """Return {name: numpy array} from a `.pdparams` (Paddle pickle) or `.safetensors` file."""
+    """Return {name: numpy array} in the official layout from a `.pdparams` (Paddle pickle) or `.safetensors`
+    file.  A file in PaddleNLP's ErnieViLModel layout is recognised and converted on the fly (losslessly)."""
+    state = read_raw_state(path)
+    from .convert import PADDLENLP, convert_state, guess_layout
+    # Only whole-model files are renamed: a state that merely has a key called `temperature` stays as it is.
+    if guess_layout(state) == PADDLENLP and any(k.split(".")[0] in ("vision_model", "text_model", "ernie_vil")
+                                                for k in state):
+        state = convert_state(state, "official", source=path).state
+        print(f"note: {path}: PaddleNLP ErnieViLModel layout, converted to the official layout on load",
+              file=sys.stderr)
+    return state
+
+
+def read_raw_state(path):
+    """Return {name: numpy array} from a `.pdparams` (Paddle pickle) or `.safetensors` file, keys as stored."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: weights file not found. Point init_from_params at an ERNIE-ViL 2.0 "
                               f"checkpoint (the official ERNIE_VIL2_BASE_ViT.pdparams, or one our trainer wrote).")
@@ -68,12 +83,26 @@ def read_state(path):
     return arrays
 
 
+PICKLE_NOTICE = ("note: .pdparams files are Python pickles; load them only from sources you trust "
+                 "(convert with python -m ernievil2.convert --to safetensors IN OUT.safetensors)")
+_pickle_notice_shown = False
+
+
+def _pickle_notice():
+    """Printed once per process, before the first `.pdparams` is unpickled."""
+    global _pickle_notice_shown
+    if not _pickle_notice_shown:
+        _pickle_notice_shown = True
+        print(PICKLE_NOTICE, file=sys.stderr)
+
+
 def _read_pdparams(path, magic):
     if not magic:
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
     # Paddle writes a pickle (starts with the PROTO opcode 0x80) or, for some versions, a zip archive.
     if magic[:1] != b"\x80" and not magic.startswith(b"PK"):
         raise CheckpointError(f"{path}: not a Paddle checkpoint (it does not start like a pickle or zip file)")
+    _pickle_notice()
     try:
         return paddle.load(path, return_numpy=True)
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, RuntimeError,
@@ -142,7 +171,8 @@ def save_weights(model_or_state, path):
     state = {k: np.ascontiguousarray(v) for k, v in state.items()}
     if path.endswith(".safetensors"):
         from safetensors.numpy import save_file
-        atomic_write(path, lambda tmp: save_file(state, tmp))
+        # PaddleNLP's loader requires the "format" entry ("np": numpy arrays) in the header.
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "np"}))
     else:
         atomic_write(path, lambda tmp: paddle.save(state, tmp))
     return path

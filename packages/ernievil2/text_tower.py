@@ -131,7 +131,7 @@ class ErnieTextModel(nn.Layer):
 
     def forward(self, input_ids):
         n = input_ids.shape[1]
-        if n > self.config.max_position_embeddings:
+        if isinstance(n, int) and n > self.config.max_position_embeddings:  # symbolic when exported
             raise ValueError(f"text of {n} tokens exceeds max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
         positions = paddle.arange(n, dtype="int64").unsqueeze(0)
