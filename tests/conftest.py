@@ -2,8 +2,12 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
+
+# Exported inference models (engine auto/paddle_inference) go to a per-session cache, not ~/.cache.
+os.environ.setdefault("ERNIEVIL2_CACHE", tempfile.mkdtemp(prefix="ernievil2_test_cache_"))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("ERNIEVIL2_SHARED", os.path.join(os.path.dirname(REPO), "shared"))

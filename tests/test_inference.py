@@ -46,7 +46,7 @@ def test_golden_parity_through_run_infer_with_the_official_yaml(tmp_path, refere
     out = tmp_path / "out" / "emb.out"
     proc = run_infer_sh(["cpu", str(config), "-o", f"test_file={golden_dir}/golden.coco.tsv",
                          "-o", f"init_from_params={reference_checkpoint}", "-o", f"output_file={out}",
-                         "-o", f"vocab_file={vocab_path}", "-o", "progress=false"])
+                         "-o", f"vocab_file={vocab_path}", "-o", "progress=false", "-o", "engine=eager"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rows read: 16, written: 16, skipped: 0" in proc.stdout
     assert "distinct images encoded: 15" in proc.stdout  # rows 9 and 10 share one image

@@ -49,8 +49,8 @@ INFER_SCHEMA = {
     # --- our additions ---
     "vision_model": Field("vit_b16", type=(str, dict)),
     "image_size": 224,
-    "engine": Field("eager", choices=("eager", "paddle_inference")),
-    "inference_model_dir": Field(None, type=str, doc="exported towers for engine=paddle_inference"),
+    "engine": Field("auto", choices=("auto", "eager", "paddle_inference")),
+    "inference_model_dir": Field(None, type=str, doc="exported towers; null: export init_from_params once"),
     "num_workers": 1,
     "prefetch_batches": 4,
     "on_bad_row": Field("error", choices=("error", "skip")),
@@ -301,11 +301,12 @@ def check_inputs(cfg, need_weights=True):
               ("text_model_config", "Use packages/ernie_base_3.0/ernie_config.base.json from this repository.")]
     for key, help_text in checks:
         path = cfg[key]
-        if key == "init_from_params" and (cfg.engine == "paddle_inference" or not need_weights):
+        if key == "init_from_params" and (cfg.inference_model_dir and cfg.engine == "paddle_inference"
+                                          or not need_weights):
             continue
         if not os.path.isfile(path):
             raise InferenceError(f"{key}: file not found: {path}. {help_text}")
-    if cfg.engine == "paddle_inference" and not (cfg.inference_model_dir and os.path.isdir(cfg.inference_model_dir)):
+    if cfg.inference_model_dir and cfg.engine == "paddle_inference" and not os.path.isdir(cfg.inference_model_dir):
         raise InferenceError(f"inference_model_dir: directory not found: {cfg.inference_model_dir}. Export the "
                              f"towers first: python -m ernievil2.export CONFIG -o inference_model_dir=DIR")
 

@@ -61,6 +61,7 @@ TRAIN_SCHEMA = {
         "init_from_params": Field(None, type=str),
         "strict_load": True,
         "dropout": Field(None, type=float),
+        "init_logit_scale": Field(None, type=float, doc="starting exp(t) when not loading weights (default 1/0.07)"),
         "recompute": False,
         "freeze": {"visual": False, "text": False, "visual_layers": 0, "text_layers": 0},
     },
@@ -271,6 +272,9 @@ class Trainer:
             if self.is_main and not report.ok:
                 print(f"warning: non-strict load of {cfg.model.init_from_params}: {report.describe()}",
                       file=sys.stderr)
+        elif cfg.model.init_logit_scale:
+            with paddle.no_grad():
+                self.model.temperature.set_value(paddle.full([1], math.log(cfg.model.init_logit_scale)))
         self.model.set_recompute(cfg.model.recompute)
         self.frozen = freeze_layers(self.model, cfg.model.freeze)
         self.views = needed_views(self.loss_cfg)
@@ -675,11 +679,11 @@ def run_training(cfg, config_path=None):
 
 
 def _ensure_demo_data(cfg):
-    """Generate the demo data set on rank 0 when its files are missing; the other ranks wait."""
-    needed = [cfg.data.train_file, cfg.vocab_file] + [p for p in (cfg.data.dev_file, cfg.data.test_file) if p]
-    if dist.get_rank() == 0 and not all(isinstance(p, str) and os.path.exists(p) for p in needed):
-        from .demo_data import generate_demo_data
+    """(Re)generate the demo data set on rank 0 unless a complete one with the same parameters is there."""
+    if dist.get_rank() == 0:
+        from .demo_data import ensure_demo_data
         out_dir = os.path.dirname(os.path.abspath(cfg.data.train_file))
-        print(f"generating the demo data set in {out_dir} ...", flush=True)
-        generate_demo_data(out_dir, **cfg.data.demo_data)
+        _, generated = ensure_demo_data(out_dir, **cfg.data.demo_data)
+        if generated:
+            print(f"generated the demo data set in {out_dir}", flush=True)
     dist.barrier()

@@ -70,8 +70,8 @@ class FusedQKVAttention(nn.Layer):
     def forward(self, x):
         b, n, w = x.shape
         # The fused output is laid out [q | k | v], each split into heads.
-        qkv = self.qkv(x).reshape([b, n, 3, self.heads, w // self.heads])
-        q, k, v = qkv.unbind(axis=2)  # each [B, N, H, hd], the layout SDPA expects
+        qkv = self.qkv(x).reshape([b, n, 3 * self.heads, w // self.heads])
+        q, k, v = paddle.split(qkv, 3, axis=2)  # each [B, N, H, hd], the layout SDPA expects
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout, training=self.training)
         return self.proj(out.reshape([b, n, w]))
 
@@ -83,7 +83,8 @@ class Mlp(nn.Layer):
         self.fc1 = nn.Linear(cfg.width, hidden)
         self.act = QuickGELU()
         self.fc2 = nn.Linear(hidden, cfg.width)
-        self.drop = nn.Dropout(cfg.dropout)
+        # Identity when off: a p=0 dropout still copies its input in training mode.
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))

@@ -1,0 +1,32 @@
+"""The demo end to end, shortened: data generation, multi-view training, run_infer.sh, eval_retri.py."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_demo_trains_and_its_held_out_recall_is_far_above_chance(tmp_path):
+    data = tmp_path / "demo_data"
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["bash", "run_train.sh", "packages/configs/demo.yaml", "-o", f"output_dir={out}",
+         "-o", f"data.train_file={data}/train.tsv", "-o", f"data.dev_file={data}/dev.tsv",
+         "-o", f"data.test_file={data}/test.tsv", "-o", f"vocab_file={data}/vocab.txt",
+         "-o", "schedule.max_steps=120", "-o", "schedule.eval_every=0", "-o", "log.progress=false"],
+        cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "generated the demo data set" in proc.stdout
+    assert "| Text2Image |" in proc.stdout  # the table printed by the eval step
+    for name in ("final.pdparams", "final.safetensors", "metrics.jsonl", "infer.yaml", "test_embeddings.out",
+                 "test_embeddings.npz"):
+        assert (out / name).exists(), name
+    result = subprocess.run([sys.executable, "eval_retri.py", "--json", str(out / "test_embeddings.npz")],
+                            cwd=REPO, capture_output=True, text=True, check=True)
+    metrics = json.loads(result.stdout)
+    # 100 test images x 5 captions: chance is R@1 = 1%, R@5 = 5%.
+    assert metrics["text2image"]["R@5"] >= 20, metrics
+    assert metrics["image2text"]["R@5"] >= 20, metrics
+    losses = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl", encoding="utf-8")]
+    assert losses[-1] < losses[0] - 1.0
