@@ -157,38 +157,24 @@ def read_vocab(path, duplicate_tokens="last"):
     return token_to_id, id_to_token, duplicates
 
 
-class ErnieTokenizer:
-    def __init__(self, token_to_id, id_to_token, do_lower_case=True, source="<in-memory vocab>"):
-        missing = [token for token in SPECIAL_TOKENS if token not in token_to_id]
-        if missing:
-            raise VocabError(f"{source}: special token(s) {', '.join(missing)} not found in the vocabulary")
-        self.vocab = token_to_id
-        self.id_to_token = list(id_to_token)
+class BasicTokenizer:
+    """Steps 1-3 (cleanup, CJK spacing, lower-casing with accent stripping, punctuation split), without
+    WordPiece; ErnieTokenizer and the vocabulary builder share it, so they always split text alike."""
+
+    def __init__(self, do_lower_case=True):
         self.do_lower_case = do_lower_case
-        self.pad_id, self.cls_id, self.sep_id, self.mask_id, self.unk_id = (
-            token_to_id[token] for token in SPECIAL_TOKENS)
-        self.vocab_size = len(self.id_to_token)
-        # No vocabulary piece is longer than this, so longer substrings need not be looked up.
-        self._longest_piece = max(len(token) for token in token_to_id)
         self._cleanup = _CleanupTable()
         self._is_punct = _PunctuationFlags()
-        self._word_cache = {}
-        self.duplicate_tokens = {}
 
-    @classmethod
-    def from_file(cls, path, do_lower_case=True, duplicate_tokens="last"):
-        token_to_id, id_to_token, duplicates = read_vocab(path, duplicate_tokens=duplicate_tokens)
-        tokenizer = cls(token_to_id, id_to_token, do_lower_case=do_lower_case, source=path)
-        tokenizer.duplicate_tokens = duplicates
-        return tokenizer
+    def words(self, text):
+        """Steps 1-2 and the whitespace split."""
+        return text.translate(self._cleanup).split()
 
-    # ---- tokenisation -------------------------------------------------------------------------------
-    def _split_word(self, word):
-        """Steps 3-4 for one whitespace-separated word -> (tokens, ids)."""
+    def split_word(self, word):
+        """Step 3 for one word -> its basic tokens."""
         if self.do_lower_case:
             # Lower-case the whole word at once: str.lower is context dependent (Greek final sigma).
-            word = word.lower()
-            word = "".join(char for char in unicodedata.normalize("NFD", word)
+            word = "".join(char for char in unicodedata.normalize("NFD", word.lower())
                            if unicodedata.category(char) != "Mn")
         basic_tokens, current = [], []
         is_punct = self._is_punct
@@ -202,10 +188,42 @@ class ErnieTokenizer:
                 current.append(char)
         if current:
             basic_tokens.append("".join(current))
-
-        tokens = []
         # Re-splitting guards against whitespace produced by lower-casing/decomposition, as the reference does.
-        for basic_token in " ".join(basic_tokens).split():
+        return " ".join(basic_tokens).split()
+
+    def tokenize(self, text):
+        return [token for word in self.words(text) for token in self.split_word(word)]
+
+
+class ErnieTokenizer:
+    def __init__(self, token_to_id, id_to_token, do_lower_case=True, source="<in-memory vocab>"):
+        missing = [token for token in SPECIAL_TOKENS if token not in token_to_id]
+        if missing:
+            raise VocabError(f"{source}: special token(s) {', '.join(missing)} not found in the vocabulary")
+        self.vocab = token_to_id
+        self.id_to_token = list(id_to_token)
+        self.do_lower_case = do_lower_case
+        self.pad_id, self.cls_id, self.sep_id, self.mask_id, self.unk_id = (
+            token_to_id[token] for token in SPECIAL_TOKENS)
+        self.vocab_size = len(self.id_to_token)
+        # No vocabulary piece is longer than this, so longer substrings need not be looked up.
+        self._longest_piece = max(len(token) for token in token_to_id)
+        self.basic = BasicTokenizer(do_lower_case)
+        self._word_cache = {}
+        self.duplicate_tokens = {}
+
+    @classmethod
+    def from_file(cls, path, do_lower_case=True, duplicate_tokens="last"):
+        token_to_id, id_to_token, duplicates = read_vocab(path, duplicate_tokens=duplicate_tokens)
+        tokenizer = cls(token_to_id, id_to_token, do_lower_case=do_lower_case, source=path)
+        tokenizer.duplicate_tokens = duplicates
+        return tokenizer
+
+    # ---- tokenisation -------------------------------------------------------------------------------
+    def _split_word(self, word):
+        """Steps 3-4 for one whitespace-separated word -> (tokens, ids)."""
+        tokens = []
+        for basic_token in self.basic.split_word(word):
             tokens.extend(self._wordpiece(basic_token))
         vocab = self.vocab
         return tuple(tokens), tuple(vocab[token] for token in tokens)
@@ -239,7 +257,7 @@ class ErnieTokenizer:
             raise TypeError(f"text must be str or bytes, not {type(text).__name__}")
         cache = self._word_cache
         results = []
-        for word in text.translate(self._cleanup).split():
+        for word in self.basic.words(text):
             hit = cache.get(word)
             if hit is None:
                 if len(cache) >= WORD_CACHE_LIMIT:

@@ -11,51 +11,12 @@ CLI: ``python -m ernievil2 build-vocab --out vocab.txt FILE.tsv [...] [--min-cou
 import argparse
 import collections
 import sys
-import unicodedata
 
 from .fileio import atomic_write
-from .tokenizer import ErnieTokenizer, _CleanupTable, _PunctuationFlags
+from .tokenizer import BasicTokenizer, ErnieTokenizer
 
 LEADING_SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]")
 UNK = "[UNK]"
-
-
-class BasicTokenizer:
-    """Steps 1-3 of ErnieTokenizer (cleanup, CJK spacing, lower-casing/accent stripping, punctuation split),
-    built from the tokenizer module's own tables so both always agree; WordPiece is left out."""
-
-    def __init__(self, do_lower_case=True):
-        self.do_lower_case = do_lower_case
-        self._cleanup = _CleanupTable()
-        self._is_punct = _PunctuationFlags()
-        self._cache = {}
-
-    def _split(self, word):
-        if self.do_lower_case:
-            word = "".join(char for char in unicodedata.normalize("NFD", word.lower())
-                           if unicodedata.category(char) != "Mn")
-        pieces, current = [], []
-        for char in word:
-            if self._is_punct[char]:
-                if current:
-                    pieces.append("".join(current))
-                    current = []
-                pieces.append(char)
-            else:
-                current.append(char)
-        if current:
-            pieces.append("".join(current))
-        # Lower-casing/decomposition can produce whitespace; the tokenizer re-splits, and so do we.
-        return tuple(" ".join(pieces).split())
-
-    def tokenize(self, text):
-        tokens = []
-        for word in text.translate(self._cleanup).split():
-            hit = self._cache.get(word)
-            if hit is None:
-                hit = self._cache[word] = self._split(word)
-            tokens.extend(hit)
-        return tokens
 
 
 def count_tokens(texts, counter=None, do_lower_case=True):
