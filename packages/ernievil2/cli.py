@@ -1,4 +1,4 @@
-"""Command-line entry points behind run_infer.sh (and, later, the other scripts).  Errors the user can fix
+"""Command-line entry points behind run_infer.sh and run_train.sh.  Errors the user can fix
 are printed as one line on stderr with exit status 2 (bad config/input) instead of a traceback."""
 import argparse
 import os
@@ -49,7 +49,7 @@ def train_main(argv=None):
     args = parser.parse_args(argv)
     try:
         cfg = load_train_config(args.config, overrides)
-        trainer, final = run_training(cfg, args.config)
+        trainer, _ = run_training(cfg)
     except BadRowError as e:
         return _fail(f"{e} (set data.on_bad_row: skip to skip such rows)", 1)
     except TrainingError as e:

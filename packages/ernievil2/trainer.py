@@ -242,9 +242,8 @@ def _load_tensor_dict(layer, path):
 # ------------------------------------------------------------------------------------------- the trainer
 
 class Trainer:
-    def __init__(self, cfg, config_path=None):
+    def __init__(self, cfg):
         self.cfg = cfg
-        self.config_path = config_path
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.is_main = self.rank == 0
@@ -371,8 +370,7 @@ class Trainer:
             views = self.wrapped(*(_as_tensor(batch[k]) for k in ("image_view1", "image_view2", "caption_ids",
                                                                   "tag_ids")))
         temperature = views.pop("temperature")
-        queue_keys = None
-        losses = self.loss_fn(temperature=temperature, queue_keys=queue_keys, **views)
+        losses = self.loss_fn(temperature=temperature, **views)  # queue negatives come from loss_fn.queue
         loss = losses["loss"] * scale_by
         if self.scaler:
             self.scaler.scale(loss).backward()
@@ -666,14 +664,14 @@ def _write_text(path, text):
         f.write(text)
 
 
-def run_training(cfg, config_path=None):
+def run_training(cfg):
     """Initialise the collective environment (when launched with several ranks) and train."""
     if dist.get_world_size_from_env() > 1:
         from paddle.distributed import fleet
         fleet.init(is_collective=True)
     if cfg.data.generate_demo_data:
         _ensure_demo_data(cfg)
-    trainer = Trainer(cfg, config_path).setup()
+    trainer = Trainer(cfg).setup()
     final = trainer.fit()
     return trainer, final
 
