@@ -321,7 +321,10 @@ def export_onnx(model_dir, opset=17, towers=None):
         def convert(tmp, info=info):
             paddle2onnx.export(os.path.join(model_dir, info["model_file"]),
                                os.path.join(model_dir, info["params_file"]), tmp, opset_version=opset,
-                               enable_onnx_checker=True, enable_optimize=False)
+                               enable_onnx_checker=True, enable_optimize=False,
+                               # The default optimizer (polygraphy) sets POLYGRAPHY_AUTOINSTALL_DEPS and pip-installs
+                               # packages into the running environment (it upgraded numpy past our pin): never.
+                               optimize_tool="none")
         atomic_write(target, convert)
         info["onnx_file"] = f"{tower}/model.onnx"
         written[tower] = target
