@@ -12,19 +12,29 @@ def _fail(message, code=2):
     return code
 
 
+def _parse(argv, prog, description, config_help):
+    """CONFIG plus `-o key=value` overrides -> (config path, overrides)."""
+    from .config import ConfigError, split_cli_overrides
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    try:
+        argv, overrides = split_cli_overrides(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as e:
+        parser.error(str(e))
+    parser.add_argument("config", help=config_help)
+    return parser.parse_args(argv).config, overrides
+
+
 def infer_main(argv=None):
     from .checkpoint import CheckpointError
-    from .config import ConfigError, split_cli_overrides
+    from .config import ConfigError
     from .inference import InferenceError, load_infer_config, run_inference
     from .tokenizer import VocabError
     from .tsv import BadRowError
 
-    argv, overrides = split_cli_overrides(list(sys.argv[1:] if argv is None else argv))
-    parser = argparse.ArgumentParser(prog="run_infer.sh", description="Embed a text/image TSV with ERNIE-ViL 2.0.")
-    parser.add_argument("config", help="YAML config (the official ernie_vil_base.yaml works unchanged)")
-    args = parser.parse_args(argv)
+    config, overrides = _parse(argv, "run_infer.sh", "Embed a text/image TSV with ERNIE-ViL 2.0.",
+                               "YAML config (the official ernie_vil_base.yaml works unchanged)")
     try:
-        cfg = load_infer_config(args.config, overrides)
+        cfg = load_infer_config(config, overrides)
         summary = run_inference(cfg)
     except BadRowError as e:
         return _fail(f"{e} (set on_bad_row: skip to skip such rows); no output written", 1)
@@ -37,18 +47,16 @@ def infer_main(argv=None):
 
 def train_main(argv=None):
     from .checkpoint import CheckpointError
-    from .config import ConfigError, split_cli_overrides
+    from .config import ConfigError
     from .inference import InferenceError
     from .tokenizer import VocabError
     from .trainer import TrainingError, load_train_config, run_training
     from .tsv import BadRowError
 
-    argv, overrides = split_cli_overrides(list(sys.argv[1:] if argv is None else argv))
-    parser = argparse.ArgumentParser(prog="run_train.sh", description="Multi-view contrastive training.")
-    parser.add_argument("config", help="training YAML, e.g. packages/configs/demo.yaml")
-    args = parser.parse_args(argv)
+    config, overrides = _parse(argv, "run_train.sh", "Multi-view contrastive training.",
+                               "training YAML, e.g. packages/configs/demo.yaml")
     try:
-        cfg = load_train_config(args.config, overrides)
+        cfg = load_train_config(config, overrides)
         trainer, _ = run_training(cfg)
     except BadRowError as e:
         return _fail(f"{e} (set data.on_bad_row: skip to skip such rows)", 1)
