@@ -13,11 +13,9 @@ import argparse
 import base64
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 
 import cv2
 import numpy as np

@@ -1,6 +1,5 @@
 """The demo end to end, shortened: data generation, multi-view training, run_infer.sh, eval_retri.py."""
 import json
-import os
 import subprocess
 import sys
 

@@ -2,10 +2,8 @@
 NaN handling, bad rows, config errors, and fine-tuning from an official-layout checkpoint."""
 import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest

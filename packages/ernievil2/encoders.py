@@ -1,8 +1,6 @@
 """Turning token ids and pixels into L2-normalised numpy embeddings, with eager Paddle or Paddle Inference."""
 import os
 
-import numpy as np
-
 from .checkpoint import load_weights
 from .model import ErnieViL2, ModelConfig
 
@@ -87,5 +85,3 @@ def cached_export(cfg):
     model = build_model(cfg.vision_model, cfg.text_model_config, weights)
     export_towers(model, out_dir, extra_meta={"source_weights": weights})
     return out_dir
-def l2_normalize(x):
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
