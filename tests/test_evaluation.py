@@ -208,6 +208,51 @@ def test_both_formats_give_identical_arrays_and_numbers(tmp_path, capsys):
     assert json.loads(outputs[1][1])["protocol"] == "grouped"
 
 
+def test_verified_sidecar_is_read_instead_of_the_text_and_gives_the_same_numbers(tmp_path, capsys, monkeypatch):
+    rng = np.random.default_rng(5)
+    text, image = random_pairs(rng, 40, 16)
+    ids = [f"im{i % 8}" for i in range(40)]
+    image = image[[i % 8 for i in range(40)]]
+    txt = write_text(tmp_path / "emb.out", text, image, ids)
+    parsed = run_cli(capsys, txt, "--json")
+    npz = ev.save_sidecar(str(tmp_path / "emb.npz"), text, image, ids, text_file=txt)
+    assert ev.matching_sidecar(txt) == npz
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("the text file was parsed although a verified sidecar is beside it")
+
+    monkeypatch.setattr(ev, "_load_text", no_parsing)
+    code, out, err = run_cli(capsys, txt, "--json")
+    assert code == 0 and out == parsed[1]
+    assert "emb.npz" in err and "CRC-32" in err
+    monkeypatch.undo()
+    code, out, err = run_cli(capsys, txt, "--json", "--no-sidecar")
+    assert code == 0 and out == parsed[1] and err == ""
+
+
+def test_stale_or_foreign_sidecar_is_never_used(tmp_path):
+    rng = np.random.default_rng(6)
+    text, image = random_pairs(rng, 10, 8)
+    ids = [str(i) for i in range(10)]
+    txt = write_text(tmp_path / "emb.txt", text, image, ids)
+    side = str(tmp_path / "emb.npz")
+    ev.save_sidecar(side, text, image, ids)  # no recorded check: not a certified copy
+    assert ev.matching_sidecar(txt) is None
+    ev.save_sidecar(side, text, image, ids, text_file=txt)
+    assert ev.matching_sidecar(txt) == side
+    data = open(txt, "rb").read()
+    i = data.index(b"1", 10)  # same size, one digit different
+    open(txt, "wb").write(data[:i] + b"2" + data[i + 1:])
+    assert ev.matching_sidecar(txt) is None
+    open(txt, "wb").write(data + data[:data.index(b"\n") + 1])  # a line appended
+    assert ev.matching_sidecar(txt) is None
+    open(txt, "wb").write(data)
+    assert ev.matching_sidecar(txt) == side
+    open(side, "wb").write(b"PK garbage")  # unreadable: ignored, the text is parsed
+    assert ev.matching_sidecar(txt) is None
+    assert np.array_equal(ev.load_embeddings(txt)[0], text)
+
+
 def test_format_is_detected_by_content_not_name(tmp_path):
     rng = np.random.default_rng(4)
     text, image = random_pairs(rng, 5, 4)

@@ -8,6 +8,8 @@ Inputs (`load_embeddings` detects the format from the file's first bytes, not it
     file the official run_infer.py writes, with the constant ``1`` as id, and the one ours writes);
   * sidecar: an ``.npz`` (a zip, so it starts with ``PK``) holding ``text`` float32 [N, D], ``image`` float32
     [N, D] (per row: a repeated image repeats) and ``image_ids`` unicode [N]; `save_sidecar` writes one.
+    run_infer.sh writes both, and its sidecar records the text file's size and CRC-32: `eval_retri.py out.txt`
+    then reads `out.npz` instead of parsing (`matching_sidecar`; only while both still match).
 
 Protocol (`retrieval_metrics`)
   * grouped (the default when ids are real): rows sharing an image id are captions of one image.  The gallery
@@ -54,6 +56,7 @@ import json
 import os
 import sys
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -186,8 +189,51 @@ def load_embeddings(path):
     return _load_text(path)
 
 
-def save_sidecar(path, text, image, image_ids):
-    """Write the .npz sidecar atomically: a temporary file beside `path`, renamed onto it once complete."""
+TEXT_FILE_CHECK = "text_file_check"  # sidecar array: [byte size, CRC-32] of the text file it is a copy of
+
+
+def sidecar_path_for(text_path):
+    """Where run_infer.sh puts the binary copy of an embedding text file: `out.embeddings` -> `out.npz`."""
+    return os.path.splitext(text_path)[0] + ".npz"
+
+
+def text_file_check(path, chunk=1 << 24):
+    """[byte size, CRC-32] of a file (CRC-32 runs at several GB/s, far faster than parsing the text)."""
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            crc, size = zlib.crc32(block, crc), size + len(block)
+    return np.array([size, crc], np.int64)
+
+
+def matching_sidecar(text_path):
+    """The sidecar beside `text_path` if it certifiably holds the same rows, else None.
+
+    A sidecar qualifies only when it records the size and CRC-32 of the text file it was written with and both
+    still match the file now (an edited, truncated or regenerated text file never reuses a stale copy).  The
+    float32 values are identical either way: the text holds str() of each float32, which reads back exactly.
+    """
+    side = sidecar_path_for(text_path)
+    if os.path.abspath(side) == os.path.abspath(text_path) or not os.path.isfile(side):
+        return None
+    try:
+        with np.load(side, allow_pickle=False) as z:
+            if TEXT_FILE_CHECK not in z.files:
+                return None
+            recorded = np.asarray(z[TEXT_FILE_CHECK])
+        if recorded.shape != (2,) or int(recorded[0]) != os.path.getsize(text_path):
+            return None
+        return side if np.array_equal(text_file_check(text_path), recorded) else None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        return None  # an unreadable sidecar is simply not used; the text file is parsed
+
+
+def save_sidecar(path, text, image, image_ids, text_file=None):
+    """Write the .npz sidecar atomically: a temporary file beside `path`, renamed onto it once complete.
+    With `text_file`, record its size and CRC-32 so that eval_retri.py may read this copy in its place."""
     text = np.ascontiguousarray(text, dtype=np.float32)
     image = np.ascontiguousarray(image, dtype=np.float32)
     ids = np.array([str(i) for i in image_ids], dtype=str)
@@ -197,7 +243,8 @@ def save_sidecar(path, text, image, image_ids):
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, text=text, image=image, image_ids=ids)
+            extra = {TEXT_FILE_CHECK: text_file_check(text_file)} if text_file else {}
+            np.savez(f, text=text, image=image, image_ids=ids, **extra)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -797,11 +844,19 @@ def main(argv=None, prog="eval_retri.py"):
                              "every image id is the official constant 1)")
     parser.add_argument("--block-size", type=int, default=None, metavar="ROWS",
                         help="query rows per score block (default: about 2**24 scores, 64 MB)")
+    parser.add_argument("--no-sidecar", action="store_true",
+                        help="always parse a text file, even when run_infer.sh's verified .npz copy is beside it")
     args = parser.parse_args(argv)
     if args.block_size is not None and args.block_size < 1:
         parser.error("--block-size must be positive")
+    source = args.embeddings
     try:
-        text, image, ids = load_embeddings(args.embeddings)
+        side = None if args.no_sidecar or not os.path.isfile(source) else matching_sidecar(source)
+        if side:
+            print(f"{prog}: reading {side}, the binary copy run_infer.sh wrote of {source} (size and CRC-32 "
+                  f"match; --no-sidecar parses the text instead)", file=sys.stderr)
+            source = side
+        text, image, ids = load_embeddings(source)
         metrics = retrieval_metrics(text, image, ids, ks=args.ks, pairs=args.pairs, block_size=args.block_size)
     except EmbeddingFileError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

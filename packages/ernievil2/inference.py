@@ -248,7 +248,10 @@ class SidecarWriter:
         self.id_len = max(self.id_len, len(image_id))
         self.rows += 1
 
-    def finish(self):
+    def finish(self, text_file=None):
+        """Assemble the .npz; with `text_file` (the finished text output) also record its size and CRC-32, which
+        lets eval_retri.py read this binary copy instead of parsing that file."""
+        from .evaluation import TEXT_FILE_CHECK, text_file_check
         for f in self.files.values():
             f.close()
         with atomic_path(self.path) as tmp:
@@ -256,6 +259,8 @@ class SidecarWriter:
                 for name in ("text", "image"):
                     self._write_npy(zf, name, "<f4", (self.rows, self.dim or 0), self._copy(self.parts[name]))
                 self._write_npy(zf, "image_ids", f"<U{self.id_len}", (self.rows,), self._ids())
+                if text_file:
+                    self._write_npy(zf, TEXT_FILE_CHECK, "<i8", (2,), [text_file_check(text_file).tobytes()])
         self.cleanup()
 
     def cleanup(self):
@@ -394,7 +399,8 @@ def run_inference(cfg, encoder=None):
                 if sidecar:
                     sidecar.add(text_emb, image_emb, row.image_id)
             if sidecar:
-                sidecar.finish()
+                out.flush()
+                sidecar.finish(text_file=tmp_out)  # records the text file's size and CRC-32 (see evaluation)
                 summary.sidecar_file = sidecar_path
         policy.close()
     finally:
