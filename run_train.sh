@@ -5,7 +5,7 @@
 #     bash run_train.sh --nproc_per_node 2 packages/configs/demo.yaml
 #     bash run_train.sh --gpus 0,1,2,3 packages/configs/ernie_vil_base_finetune.yaml -o data.batch_size=64
 #     bash run_train.sh --master 10.0.0.1:8090 --nnodes 2 --rank 0 --gpus 0,1,2,3 CONFIG   # on node 0
-#   Without options: one process per visible GPU, or a single CPU process.
+#   Without options: one process per visible GPU; on the CPU, the config's cpu_processes ranks (default 1).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PYTHONPATH="$here/packages${PYTHONPATH:+:$PYTHONPATH}"
@@ -30,10 +30,12 @@ fi
 
 entry="$here/packages/ernievil2/train_launch.py"
 if [ ${#launch_opts[@]} -eq 0 ]; then
-  gpus=$("$python_bin" -c 'import paddle; print(paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else 0)' 2>/dev/null || echo 0)
-  if [ "${gpus:-0}" -gt 1 ]; then
-    exec "$python_bin" -m paddle.distributed.launch "$entry" "$config" "$@"
+  # No launcher options: the config decides (one rank per visible GPU, or cpu_processes CPU ranks).
+  plan=$("$python_bin" -m ernievil2 launch-plan "$config" "$@") || exit $?
+  mapfile -t launch_opts <<< "$plan"  # one word per line: paths with spaces survive
+  if [ "${launch_opts[0]:-single}" = "single" ]; then
+    exec "$python_bin" "$entry" "$config" "$@"
   fi
-  exec "$python_bin" "$entry" "$config" "$@"
+  launch_opts=("${launch_opts[@]:1}")
 fi
 exec "$python_bin" -m paddle.distributed.launch "${launch_opts[@]}" "$entry" "$config" "$@"

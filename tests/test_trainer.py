@@ -73,7 +73,12 @@ def test_two_ranks_log_the_same_losses_as_one_rank_with_the_whole_batch(tmp_path
     two = write_config(tmp_path, "two.yaml", output_dir=str(tmp_path / "two"), loss=loss,
                        data={"batch_size": 8})
     run_train([one])
-    run_train(["--nproc_per_node", "2", "--log_dir", str(tmp_path / "logs"), two])
+    if queue:
+        # No launcher options: the config's cpu_processes makes run_train.sh launch the two CPU ranks itself.
+        run_train([two, "-o", "cpu_processes=2"])
+        assert (tmp_path / "two" / "launch_log" / "workerlog.1").exists()
+    else:
+        run_train(["--nproc_per_node", "2", "--log_dir", str(tmp_path / "logs"), two])
     single, double = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert len(single) == 6
     assert_same_curves(double, single)
@@ -161,7 +166,8 @@ def test_config_errors_name_the_key(tmp_path):
                                                     "data.batch_size?)"),
                                ("loss.weights.image_image=-1", "loss.weights.image_image"),
                                ("amp.mode=fp8", "'amp.mode' must be one of off, fp16, bf16"),
-                               ("resume=/nonexistent/ckpt", "'resume' must be auto or a checkpoint directory")]:
+                               ("resume=/nonexistent/ckpt", "'resume' must be auto or a checkpoint directory"),
+                               ("cpu_processes=0", "'cpu_processes' must be >= 1")]:
         proc = run_train([cfg, "-o", override], check=False)
         assert proc.returncode == 2 and expected in proc.stderr, (override, proc.stderr[-500:])
         assert "Traceback" not in proc.stderr
@@ -193,3 +199,18 @@ def test_fine_tuning_from_an_official_checkpoint_writes_official_weights(tmp_pat
         b = np.array([[float(x) for x in r[col].split()] for r in ref])
         assert (a * b).sum(1).min() >= 0.99999
     assert set(read_state(final)) == set(read_state(reference_checkpoint))
+
+
+def test_launch_plan_without_launcher_options():
+    from ernievil2.trainer import launch_plan, load_train_config
+    base = os.path.join(REPO, "packages", "configs", "demo.yaml")
+
+    def plan(gpus, *overrides):
+        return launch_plan(load_train_config(base, ["output_dir=/runs/a b", *overrides]), gpus)
+
+    logs = ("--log_dir", os.path.join("/runs/a b", "launch_log"))
+    assert plan(0, "cpu_processes=1") == ("single",)
+    assert plan(0, "cpu_processes=3") == ("launch", "--nproc_per_node", "3") + logs
+    assert plan(1, "cpu_processes=3") == ("single",)  # one GPU: one process on it
+    assert plan(4) == ("launch",) + logs  # the launcher starts one rank per visible GPU
+    assert plan(4, "device=cpu", "cpu_processes=2") == ("launch", "--nproc_per_node", "2") + logs

@@ -5,6 +5,7 @@ import sys
 COMMANDS = {
     "infer": ("ernievil2.cli", "infer_main", "embed a TSV (run_infer.sh)"),
     "train": ("ernievil2.cli", "train_main", "train from a YAML config (run_train.sh)"),
+    "launch-plan": ("ernievil2.cli", "launch_plan_main", "how run_train.sh starts a config (used by it)"),
     "eval": ("ernievil2.evaluation", "main", "Recall@K of an embeddings file (eval_retri.py)"),
     "convert": ("ernievil2.convert", "main", "weights: official <-> PaddleNLP layout, .pdparams -> .safetensors"),
     "export": ("ernievil2.export", "main", "export the towers for Paddle Inference"),

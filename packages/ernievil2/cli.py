@@ -69,6 +69,23 @@ def train_main(argv=None):
     return 0
 
 
+def launch_plan_main(argv=None):
+    """For run_train.sh: print how to start training (see trainer.launch_plan), one word per line."""
+    from .config import ConfigError
+    from .trainer import launch_plan, load_train_config
+
+    config, overrides = _parse(argv, "run_train.sh", "Print the launch plan.", "training YAML")
+    try:
+        cfg = load_train_config(config, overrides)
+        import paddle
+        gpus = paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else 0
+        plan = launch_plan(cfg, gpus)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        return _fail(str(e))
+    print("\n".join(plan))
+    return 0
+
+
 def _embed_and_evaluate_test(trainer):
     """After training: embed the test split with the final weights through the same entry points as
     run_infer.sh and eval_retri.py, and print the recall table."""

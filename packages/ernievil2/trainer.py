@@ -36,6 +36,8 @@ TRAIN_SCHEMA = {
     "vocab_file": Field(REQUIRED, type=str),
     "device": Field("auto", choices=("auto", "gpu", "cpu")),
     "cpu_threads": Field(0, doc="math threads per rank on the CPU; 0: the cores divided among local ranks"),
+    "cpu_processes": Field(1, doc="CPU only, when run_train.sh gets no launcher options: data-parallel processes "
+                                  "on this machine (small models train faster as several single-threaded ranks)"),
     "data": {
         "train_file": Field(REQUIRED, type=(str, list)),
         "dev_file": Field(None, type=str),
@@ -106,7 +108,8 @@ def load_train_config(path, overrides=()):
         LossConfig.from_dict(cfg.loss.to_dict())
     except ValueError as e:
         raise ConfigError(f"{src}: {e}") from None
-    for key in ("data.batch_size", "optimizer.accumulate_steps", "schedule.log_every", "data.image_size"):
+    for key in ("data.batch_size", "optimizer.accumulate_steps", "schedule.log_every", "data.image_size",
+                "cpu_processes"):
         if cfg.get_path(key) < 1:
             raise ConfigError(f"{src}: '{key}' must be >= 1, got {cfg.get_path(key)}")
     for key in ("schedule.max_steps", "schedule.save_every", "schedule.eval_every", "schedule.warmup_steps"):
@@ -662,6 +665,19 @@ def _jsonable(state):
 def _write_text(path, text):
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def launch_plan(cfg, gpu_count):
+    """How run_train.sh starts training when it gets no launcher options: ("single",) for one process, or
+    ("launch", *options) for paddle.distributed.launch (one rank per visible GPU, or cfg.cpu_processes CPU
+    ranks).  The launcher's per-rank logs go to output_dir/launch_log instead of ./log."""
+    logs = ("--log_dir", os.path.join(cfg.output_dir, "launch_log"))
+    on_gpu = cfg.device != "cpu" and gpu_count > 0
+    if on_gpu:
+        return ("launch",) + logs if gpu_count > 1 else ("single",)
+    if cfg.cpu_processes > 1:
+        return ("launch", "--nproc_per_node", str(cfg.cpu_processes)) + logs
+    return ("single",)
 
 
 def run_training(cfg):
