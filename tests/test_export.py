@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY_TEXT, TINY_VISION, make_tiny_model
+from ernievil2.cpu_runtime import cpu_has_bf16
 from ernievil2.checkpoint import read_raw_state, save_weights
 from ernievil2.convert import to_paddlenlp
 from ernievil2.export import (META_FILE, InferenceModelError, PredictorEncoder, export_towers, main,
@@ -269,3 +270,32 @@ def test_full_size_golden_parity_through_paddle_inference_from_a_paddlenlp_layou
     for column, key in ((0, "text"), (1, "image")):
         ref = np.array([[float(x) for x in r[column].split()] for r in rows], np.float32)
         assert min_cos(got[key], ref) >= MIN_COS, key
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no AVX512-BF16/AMX: the opt-in bf16 precision is not checked here")
+    # precision: bf16 (opt-in, approximate): oneDNN's bfloat16 kernels really run (the embeddings change) and stay
+    # within cosine 0.9998 of the official ones (measured here: text 0.99989, image 0.99995).
+    infer = subprocess.run(["bash", os.path.join(REPO, "run_infer.sh"), "cpu", str(config), "-o", "precision=bf16"],
+                           cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    half = np.load(str(out.with_suffix(".npz")))
+    for column, key in ((0, "text"), (1, "image")):
+        ref = np.array([[float(x) for x in r[column].split()] for r in rows], np.float32)
+        assert 0.9998 <= min_cos(half[key], ref) < 0.999999, key
+        assert np.abs(half[key] - got[key]).max() > 1e-4, key
+
+
+def test_bf16_precision_is_refused_where_it_cannot_run(exported, monkeypatch, tmp_path, golden_dir, vocab_path):
+    _, model_dir = exported
+    import ernievil2.cpu_runtime as cpu_runtime
+    monkeypatch.setattr(cpu_runtime, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ValueError, match="AVX512-BF16"):
+        PredictorEncoder(model_dir, precision="bf16")
+    monkeypatch.setattr(cpu_runtime, "cpu_has_bf16", lambda: True)
+    with pytest.raises(ValueError, match="needs oneDNN"):
+        PredictorEncoder(model_dir, precision="bf16", use_onednn=False)
+    from ernievil2.encoders import make_encoder
+    cfg = load_infer_config(None, [("test_file", "x"), ("output_file", "y"), ("init_from_params", "z"),
+                                   ("vocab_file", "v"), ("device", "cpu"), ("engine", "eager"),
+                                   ("precision", "bf16")])
+    with pytest.raises(ValueError, match="precision bf16 is for engine paddle_inference on the CPU"):
+        make_encoder(cfg)

@@ -37,6 +37,17 @@ def mkl_cpu_type_for(cpuinfo_text):
     return None
 
 
+def cpu_has_bf16(cpuinfo_path="/proc/cpuinfo"):
+    """True when the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16), which oneDNN's bf16 kernels
+    need to be faster than fp32 rather than emulated."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
+            _, flags = _cpu_facts(f.read())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def tune_math_libraries(environ=None, cpuinfo_path="/proc/cpuinfo"):
     """Set MKL_DEBUG_CPU_TYPE for AMD CPUs with AVX2 unless the user set it; returns the value set, or None."""
     environ = os.environ if environ is None else environ

@@ -48,10 +48,13 @@ def make_encoder(cfg):
     engine = cfg.engine
     if engine == "auto":
         engine = "paddle_inference" if device == "cpu" else "eager"
+    if cfg.precision != "fp32" and (engine != "paddle_inference" or device != "cpu"):
+        raise ValueError(f"precision {cfg.precision} is for engine paddle_inference on the CPU (this run: engine "
+                         f"{engine} on {device}); use precision fp32")
     if engine == "paddle_inference":
         from .export import PredictorEncoder
         model_dir = cfg.inference_model_dir or cached_export(cfg)
-        return PredictorEncoder(model_dir, device=device, cpu_threads=cfg.cpu_threads)
+        return PredictorEncoder(model_dir, device=device, cpu_threads=cfg.cpu_threads, precision=cfg.precision)
     model = build_model(cfg.vision_model, cfg.text_model_config, cfg.init_from_params)
     return EagerEncoder(model)
 

@@ -203,12 +203,20 @@ class PredictorEncoder:
         import paddle
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device must be cpu or gpu, got {device!r}")
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 (GPU) or bf16 (CPU), got {precision!r}")
         if device == "gpu" and not paddle.is_compiled_with_cuda():
             raise ValueError("device gpu: this Paddle build has no CUDA support (use device cpu)")
-        if device == "cpu" and (use_tensorrt or precision != "fp32"):
-            raise ValueError("TensorRT and fp16 need device gpu; on the CPU the predictor runs fp32 with oneDNN")
+        if device == "cpu" and (use_tensorrt or precision == "fp16"):
+            raise ValueError("TensorRT and fp16 need device gpu; on the CPU the predictor runs fp32 or bf16 "
+                             "with oneDNN")
+        if device == "gpu" and precision == "bf16":
+            raise ValueError("precision bf16 is for the CPU (oneDNN); on the GPU use fp16 or fp32")
+        if precision == "bf16":
+            from .cpu_runtime import cpu_has_bf16
+            if not use_onednn or not cpu_has_bf16():
+                raise ValueError("precision bf16 needs oneDNN and a CPU with AVX512-BF16 or AMX-BF16 (see the "
+                                 "flags in /proc/cpuinfo); use precision fp32")
         self.model_dir = model_dir
         self.meta = read_export_meta(model_dir)
         self.embed_dim = int(self.meta["embed_dim"])
@@ -255,6 +263,8 @@ class PredictorEncoder:
             if opts["use_onednn"]:
                 config.enable_mkldnn()
                 config.set_mkldnn_cache_capacity(ONEDNN_SHAPE_CACHE)
+                if opts["precision"] == "bf16":
+                    config.enable_mkldnn_bfloat16()
             else:
                 config.disable_mkldnn()  # Paddle 3 turns oneDNN on by default for CPU predictors
             config.set_cpu_math_library_num_threads(self.cpu_threads)
