@@ -1,6 +1,7 @@
 """Benchmark: our eval_retri.py against the official evaluation algorithm, on random 768-d embedding files.
 
     python benchmarks/bench_eval.py [--reps 3] [--official-reps 1] [--pairs 25000] [--images 5000] [--captions 5]
+                                    [--official-script PATH/TO/release/eval_retri.py]
 
 Writes two files in a temporary directory, formatted the way the official run_infer.py writes them
 (str() of each float32, space-separated; text \\t image \\t id):
@@ -183,6 +184,8 @@ def main(argv=None):
     p.add_argument("--official", metavar="FILE", help="only run the official algorithm on FILE and print its table")
     p.add_argument("--reps", type=int, default=3, help="runs of our evaluator per file (median reported)")
     p.add_argument("--official-reps", type=int, default=1, help="runs of the official algorithm per file")
+    p.add_argument("--official-script", metavar="PATH",
+                   help="also time your own copy of the release's eval_retri.py (it needs tabulate installed)")
     p.add_argument("--pairs", type=int, default=25000, help="rows of the one-to-one file")
     p.add_argument("--images", type=int, default=5000)
     p.add_argument("--captions", type=int, default=5)
@@ -221,7 +224,9 @@ def main(argv=None):
                 raise SystemExit(f"{name}: the table read through the sidecar differs from the parsed one")
             if name == "one-to-one":
                 identical = official[2] == ours[2]
-            results.append((name, desc, official, ours, side))
+            script = (measure([sys.executable, args.official_script, path], args.official_reps)
+                      if args.official_script else None)
+            results.append((name, desc, official, ours, side, script))
 
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"Random {args.dim}-d embeddings, {os.cpu_count()} CPUs (1-minute load average {load_before:.1f} before, "
@@ -229,8 +234,11 @@ def main(argv=None):
           f"ours: {args.reps}); peak RSS of the evaluating process.\n")
     print("| File | Evaluator | Median time (s) | Peak RSS (MB) | Speed-up | Peak memory |")
     print("|------|-----------|----------------:|--------------:|---------:|------------:|")
-    for name, desc, official, ours, side in results:
+    for name, desc, official, ours, side, script in results:
         print(f"| {name} ({desc}) | official algorithm | {official[0]:.1f} | {official[1]:,.0f} | 1x | 1 |")
+        if script:
+            print(f"| {name} ({desc}) | the release's eval_retri.py | {script[0]:.1f} | {script[1]:,.0f} | "
+                  f"{official[0] / script[0]:.2f}x | 1/{official[1] / script[1]:.2f} |")
         for label, run in (("eval_retri.py, text parsed", ours), ("eval_retri.py, run_infer's .npz", side)):
             print(f"| {name} ({desc}) | {label} | {run[0]:.1f} | {run[1]:,.0f} | "
                   f"{official[0] / run[0]:.1f}x | 1/{official[1] / run[1]:.1f} |")
