@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from ernievil2 import embedding_files as ef
 from ernievil2 import evaluation as ev
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,7 +134,7 @@ def test_parser_is_bit_identical_to_python_float(tmp_path):
         for t, i in zip(text, image):
             f.write(" ".join(t) + "\t" + " ".join(i) + "\t7\n")
     expected = np.array([np.float32(float(t)) for t in tokens], dtype=np.float32)
-    got_text, got_image, ids = ev.load_embeddings(str(path))
+    got_text, got_image, ids = ef.load_embeddings(str(path))
     got = np.concatenate([got_text.reshape(-1), got_image.reshape(-1)])
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
     # str(float32) round-trips: the fast path returns the very floats that were written
@@ -145,7 +146,7 @@ def test_text_matches_official_reader(tmp_path):
     rng = np.random.default_rng(1)
     text, image = random_pairs(rng, 23, 16)
     path = write_text(tmp_path / "e.txt", text, image, ["1"] * 23)
-    t, i, _ = ev.load_embeddings(path)
+    t, i, _ = ef.load_embeddings(path)
     t0, i0 = bench.official_load(path)
     assert np.array_equal(t.view(np.uint32), t0.view(np.uint32))
     assert np.array_equal(i.view(np.uint32), i0.view(np.uint32))
@@ -163,7 +164,7 @@ def test_chunking_irregular_spacing_crlf_and_repeats(tmp_path, chunk):
     lines[4] = " " + lines[4].replace("\t", " \t", 1)  # leading and trailing spaces in a column
     path = tmp_path / "messy.txt"
     path.write_bytes(("\r\n".join(lines)).encode())  # CRLF, and no newline after the last line
-    reader = ev._TextReader(str(path), 9).read(chunk=chunk)  # 64 bytes: lines outgrow the buffer at first
+    reader = ef._TextReader(str(path), 9).read(chunk=chunk)  # 64 bytes: lines outgrow the buffer at first
     got_text, got_image, got_ids = reader.result()
     assert np.array_equal(got_text, text) and np.array_equal(got_image, image)
     assert list(got_ids) == ids
@@ -171,26 +172,26 @@ def test_chunking_irregular_spacing_crlf_and_repeats(tmp_path, chunk):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the parallel reader forks")
 def test_parallel_ranges_match_serial_and_number_lines_absolutely(tmp_path, monkeypatch):
-    monkeypatch.setattr(ev, "_PARALLEL_BYTES", 0)
-    monkeypatch.setattr(ev, "_can_fork", lambda: True)
+    monkeypatch.setattr(ef, "_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(ef, "_can_fork", lambda: True)
     rng = np.random.default_rng(13)
     text, image = random_pairs(rng, 50, 7)
     ids = [f"p{i // 3}" for i in range(50)]
     path = write_text(tmp_path / "par.txt", text, image, ids)
-    serial = ev._load_text(path, workers=1)
+    serial = ef._load_text(path, workers=1)
     for workers in (2, 3, 7):
-        got = ev._load_text(path, workers=workers)
+        got = ef._load_text(path, workers=workers)
         assert np.array_equal(got[0], serial[0]) and np.array_equal(got[1], serial[1])
         assert list(got[2]) == ids
     lines = open(path).read().splitlines()
     lines[44] = _set_value(lines[44], 0, 3, "inf")  # in the last of three ranges
     (tmp_path / "late.txt").write_text("\n".join(lines) + "\n")
-    with pytest.raises(ev.EmbeddingFileError, match=r"late\.txt:45: text embedding contains NaN"):
-        ev._load_text(str(tmp_path / "late.txt"), workers=3)
+    with pytest.raises(ef.EmbeddingFileError, match=r"late\.txt:45: text embedding contains NaN"):
+        ef._load_text(str(tmp_path / "late.txt"), workers=3)
     lines[30] = lines[30] + "\textra"  # an earlier error in the middle range wins
     (tmp_path / "two.txt").write_text("\n".join(lines) + "\n")
-    with pytest.raises(ev.EmbeddingFileError, match=r"two\.txt:31: 4 tab-separated"):
-        ev._load_text(str(tmp_path / "two.txt"), workers=3)
+    with pytest.raises(ef.EmbeddingFileError, match=r"two\.txt:31: 4 tab-separated"):
+        ef._load_text(str(tmp_path / "two.txt"), workers=3)
 
 
 def test_both_formats_give_identical_arrays_and_numbers(tmp_path, capsys):
@@ -199,8 +200,8 @@ def test_both_formats_give_identical_arrays_and_numbers(tmp_path, capsys):
     ids = [f"im{i % 10}" for i in range(30)]
     image = image[[i % 10 for i in range(30)]]  # a repeated image repeats its embedding
     txt = write_text(tmp_path / "emb.txt", text, image, ids)
-    npz = ev.save_sidecar(str(tmp_path / "emb.npz"), text, image, ids)
-    a, b = ev.load_embeddings(txt), ev.load_embeddings(npz)
+    npz = ef.save_sidecar(str(tmp_path / "emb.npz"), text, image, ids)
+    a, b = ef.load_embeddings(txt), ef.load_embeddings(npz)
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
     outputs = [run_cli(capsys, p, *flags) for p in (txt, npz) for flags in ((), ("--json",))]
@@ -215,13 +216,13 @@ def test_verified_sidecar_is_read_instead_of_the_text_and_gives_the_same_numbers
     image = image[[i % 8 for i in range(40)]]
     txt = write_text(tmp_path / "emb.out", text, image, ids)
     parsed = run_cli(capsys, txt, "--json")
-    npz = ev.save_sidecar(str(tmp_path / "emb.npz"), text, image, ids, text_file=txt)
-    assert ev.matching_sidecar(txt) == npz
+    npz = ef.save_sidecar(str(tmp_path / "emb.npz"), text, image, ids, text_file=txt)
+    assert ef.matching_sidecar(txt) == npz
 
     def no_parsing(*args, **kwargs):
         raise AssertionError("the text file was parsed although a verified sidecar is beside it")
 
-    monkeypatch.setattr(ev, "_load_text", no_parsing)
+    monkeypatch.setattr(ef, "_load_text", no_parsing)
     code, out, err = run_cli(capsys, txt, "--json")
     assert code == 0 and out == parsed[1]
     assert "emb.npz" in err and "CRC-32" in err
@@ -236,30 +237,30 @@ def test_stale_or_foreign_sidecar_is_never_used(tmp_path):
     ids = [str(i) for i in range(10)]
     txt = write_text(tmp_path / "emb.txt", text, image, ids)
     side = str(tmp_path / "emb.npz")
-    ev.save_sidecar(side, text, image, ids)  # no recorded check: not a certified copy
-    assert ev.matching_sidecar(txt) is None
-    ev.save_sidecar(side, text, image, ids, text_file=txt)
-    assert ev.matching_sidecar(txt) == side
+    ef.save_sidecar(side, text, image, ids)  # no recorded check: not a certified copy
+    assert ef.matching_sidecar(txt) is None
+    ef.save_sidecar(side, text, image, ids, text_file=txt)
+    assert ef.matching_sidecar(txt) == side
     data = open(txt, "rb").read()
     i = data.index(b"1", 10)  # same size, one digit different
     open(txt, "wb").write(data[:i] + b"2" + data[i + 1:])
-    assert ev.matching_sidecar(txt) is None
+    assert ef.matching_sidecar(txt) is None
     open(txt, "wb").write(data + data[:data.index(b"\n") + 1])  # a line appended
-    assert ev.matching_sidecar(txt) is None
+    assert ef.matching_sidecar(txt) is None
     open(txt, "wb").write(data)
-    assert ev.matching_sidecar(txt) == side
+    assert ef.matching_sidecar(txt) == side
     open(side, "wb").write(b"PK garbage")  # unreadable: ignored, the text is parsed
-    assert ev.matching_sidecar(txt) is None
-    assert np.array_equal(ev.load_embeddings(txt)[0], text)
+    assert ef.matching_sidecar(txt) is None
+    assert np.array_equal(ef.load_embeddings(txt)[0], text)
 
 
 def test_format_is_detected_by_content_not_name(tmp_path):
     rng = np.random.default_rng(4)
     text, image = random_pairs(rng, 5, 4)
-    disguised = ev.save_sidecar(str(tmp_path / "sidecar.txt"), text, image, list("abcde"))
+    disguised = ef.save_sidecar(str(tmp_path / "sidecar.txt"), text, image, list("abcde"))
     plain = write_text(tmp_path / "plain.npz", text, image, list("abcde"))
     for path in (disguised, plain):
-        t, i, ids = ev.load_embeddings(path)
+        t, i, ids = ef.load_embeddings(path)
         assert np.array_equal(t, text) and list(ids) == list("abcde")
 
 
@@ -267,9 +268,9 @@ def test_save_sidecar_is_atomic_and_leaves_no_temporaries(tmp_path):
     target = tmp_path / "out.npz"
     target.write_bytes(b"old")
     with pytest.raises(ValueError):
-        ev.save_sidecar(str(target), np.zeros((3, 4)), np.zeros((2, 4)), ["a", "b", "c"])
+        ef.save_sidecar(str(target), np.zeros((3, 4)), np.zeros((2, 4)), ["a", "b", "c"])
     assert target.read_bytes() == b"old"  # the failed write did not touch it
-    ev.save_sidecar(str(target), np.ones((2, 4)), np.ones((2, 4)), [1, 2])
+    ef.save_sidecar(str(target), np.ones((2, 4)), np.ones((2, 4)), [1, 2])
     assert os.listdir(tmp_path) == ["out.npz"]
     with np.load(target) as z:
         assert z["text"].dtype == np.float32 and z["image_ids"].dtype.kind == "U"
@@ -470,9 +471,9 @@ def test_error_line_numbers_survive_chunking(tmp_path, monkeypatch):
     lines[33] = _set_value(lines[33], 1, 1, "nan")
     path = tmp_path / "late.txt"
     path.write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(ev, "_READ_CHUNK", 256)
-    with pytest.raises(ev.EmbeddingFileError, match=r"late\.txt:34: image embedding contains NaN"):
-        ev.load_embeddings(str(path))
+    monkeypatch.setattr(ef, "_READ_CHUNK", 256)
+    with pytest.raises(ef.EmbeddingFileError, match=r"late\.txt:34: image embedding contains NaN"):
+        ef.load_embeddings(str(path))
 
 
 def test_sidecar_errors(tmp_path, capsys):

@@ -13,7 +13,7 @@ import yaml
 from conftest import REPO, TINY_TEXT, TINY_VISION, VOCAB, make_tiny_model, need_shared
 from ernievil2.checkpoint import save_weights
 from ernievil2.encoders import EagerEncoder
-from ernievil2.evaluation import load_embeddings
+from ernievil2.embedding_files import load_embeddings
 from ernievil2.inference import InferenceError, load_infer_config, run_inference
 from ernievil2.tsv import BadRowError
 
@@ -62,7 +62,7 @@ def test_golden_parity_through_run_infer_with_the_official_yaml(tmp_path, refere
     np.testing.assert_allclose(side_image, image, atol=1e-7)
     assert list(side_ids) == ids
     # The sidecar certifies the text file it was written with, so eval_retri.py may read it instead.
-    from ernievil2.evaluation import matching_sidecar
+    from ernievil2.embedding_files import matching_sidecar
     assert matching_sidecar(str(out)) == str(out.with_suffix(".npz"))
 
 

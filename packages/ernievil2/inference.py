@@ -254,7 +254,7 @@ class SidecarWriter:
     def finish(self, text_file=None):
         """Assemble the .npz; with `text_file` (the finished text output) also record its size and CRC-32, which
         lets eval_retri.py read this binary copy instead of parsing that file."""
-        from .evaluation import TEXT_FILE_CHECK, text_file_check
+        from .embedding_files import TEXT_FILE_CHECK, text_file_check
         for f in self.files.values():
             f.close()
         with atomic_path(self.path) as tmp:
