@@ -70,22 +70,23 @@ def test_two_ranks_log_the_same_losses_as_one_rank_with_the_whole_batch(tmp_path
     # The setting: every term on, dropout off, 2 ranks x 8 against 1 rank x 16.
     one = write_config(tmp_path, "one.yaml", output_dir=str(tmp_path / "one"), loss=loss,
                        data={"batch_size": 16})
-    two = write_config(tmp_path, "two.yaml", output_dir=str(tmp_path / "two"), loss=loss,
-                       data={"batch_size": 8})
+    # The queue run is launched by run_train.sh itself (no launcher options, cpu_processes=2), into a folder
+    # whose name has a space: the launch plan must hand it to the launcher as one argument.
+    two_dir = tmp_path / ("two ranks" if queue else "two")
+    two = write_config(tmp_path, "two.yaml", output_dir=str(two_dir), loss=loss, data={"batch_size": 8})
     run_train([one])
     if queue:
-        # No launcher options: the config's cpu_processes makes run_train.sh launch the two CPU ranks itself.
         run_train([two, "-o", "cpu_processes=2"])
-        assert (tmp_path / "two" / "launch_log" / "workerlog.1").exists()
+        assert (two_dir / "launch_log" / "workerlog.1").exists()
     else:
         run_train(["--nproc_per_node", "2", "--log_dir", str(tmp_path / "logs"), two])
-    single, double = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    single, double = metrics(tmp_path / "one"), metrics(two_dir)
     assert len(single) == 6
     assert_same_curves(double, single)
     # The weights move: a curve of constants would also "match".
     assert len({round(r["loss"], 6) for r in single}) > 1
     a = read_state(str(tmp_path / "one" / "final.pdparams"))
-    b = read_state(str(tmp_path / "two" / "final.pdparams"))
+    b = read_state(str(two_dir / "final.pdparams"))
     # Adam divides by sqrt(v): on near-zero gradients float rounding between the two setups is amplified, so
     # weights agree to 1e-4 (typically 1e-6), while the losses above agree to 1e-5.
     for name in a:
