@@ -69,6 +69,14 @@ def train_main(argv=None):
     return 0
 
 
+def _visible_gpus():
+    try:
+        import paddle
+        return paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else 0
+    except Exception:  # noqa: BLE001 - a broken CUDA setup: plan for the CPU; the trainer reports the device
+        return 0
+
+
 def launch_plan_main(argv=None):
     """For run_train.sh: print how to start training (see trainer.launch_plan), one word per line."""
     from .config import ConfigError
@@ -77,9 +85,7 @@ def launch_plan_main(argv=None):
     config, overrides = _parse(argv, "run_train.sh", "Print the launch plan.", "training YAML")
     try:
         cfg = load_train_config(config, overrides)
-        import paddle
-        gpus = paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else 0
-        plan = launch_plan(cfg, gpus)
+        plan = launch_plan(cfg, _visible_gpus())
     except (ConfigError, FileNotFoundError, ValueError) as e:
         return _fail(str(e))
     print("\n".join(plan))
