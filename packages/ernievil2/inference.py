@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -251,10 +252,10 @@ class SidecarWriter:
         self.id_len = max(self.id_len, len(image_id))
         self.rows += 1
 
-    def finish(self, text_file=None):
-        """Assemble the .npz; with `text_file` (the finished text output) also record its size and CRC-32, which
-        lets eval_retri.py read this binary copy instead of parsing that file."""
-        from .embedding_files import TEXT_FILE_CHECK, text_file_check
+    def finish(self, text_check=None):
+        """Assemble the .npz; with `text_check` ([byte size, CRC-32] of the finished text output) also record it,
+        which lets eval_retri.py read this binary copy instead of parsing that file."""
+        from .embedding_files import TEXT_FILE_CHECK
         for f in self.files.values():
             f.close()
         with atomic_path(self.path) as tmp:
@@ -262,8 +263,9 @@ class SidecarWriter:
                 for name in ("text", "image"):
                     self._write_npy(zf, name, "<f4", (self.rows, self.dim or 0), self._copy(self.parts[name]))
                 self._write_npy(zf, "image_ids", f"<U{self.id_len}", (self.rows,), self._ids())
-                if text_file:
-                    self._write_npy(zf, TEXT_FILE_CHECK, "<i8", (2,), [text_file_check(text_file).tobytes()])
+                if text_check is not None:
+                    check = np.asarray(text_check, dtype="<i8")
+                    self._write_npy(zf, TEXT_FILE_CHECK, "<i8", (2,), [check.tobytes()])
         self.cleanup()
 
     def cleanup(self):
@@ -396,14 +398,16 @@ def run_inference(cfg, encoder=None):
     sidecar = SidecarWriter(sidecar_path) if sidecar_path else None
     progress = _progress(cfg.progress)
     try:
-        with atomic_path(cfg.output_file) as tmp_out, open(tmp_out, "w", encoding="utf-8") as out:
+        with atomic_path(cfg.output_file) as tmp_out, open(tmp_out, "wb") as out:
+            size, crc = 0, 0  # of the bytes written, for the sidecar's check (no second read of the file)
             for row, text_emb, image_emb in iter_embeddings(cfg, encoder, tokenizer, policy, summary, progress):
-                out.write(f"{format_vector(text_emb)}\t{format_vector(image_emb)}\t{row.image_id}\n")
+                line = f"{format_vector(text_emb)}\t{format_vector(image_emb)}\t{row.image_id}\n".encode("utf-8")
+                out.write(line)
+                size, crc = size + len(line), zlib.crc32(line, crc)
                 if sidecar:
                     sidecar.add(text_emb, image_emb, row.image_id)
             if sidecar:
-                out.flush()
-                sidecar.finish(text_file=tmp_out)  # records the text file's size and CRC-32 (see evaluation)
+                sidecar.finish(text_check=(size, crc))
                 summary.sidecar_file = sidecar_path
         policy.close()
     finally:
