@@ -1,13 +1,22 @@
 """Shared fixtures: where ../shared lives, and the seed-7 reference checkpoint written once per session."""
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
 import pytest
 
-# Exported inference models (engine auto/paddle_inference) go to a per-session cache, not ~/.cache.
-os.environ.setdefault("ERNIEVIL2_CACHE", tempfile.mkdtemp(prefix="ernievil2_test_cache_"))
+# Exported inference models (engine auto/paddle_inference) go to a per-session cache, not ~/.cache; the session
+# removes it when it ends (the exported Base towers alone take about 1.6 GB).
+_SESSION_CACHE = None
+if "ERNIEVIL2_CACHE" not in os.environ:
+    _SESSION_CACHE = os.environ["ERNIEVIL2_CACHE"] = tempfile.mkdtemp(prefix="ernievil2_test_cache_")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SESSION_CACHE:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("ERNIEVIL2_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
