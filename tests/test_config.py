@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO
 from ernievil2.config import ConfigError, Field, load_config, parse_override, split_cli_overrides
 from ernievil2.inference import load_infer_config
-from ernievil2.trainer import load_train_config
+from ernievil2.train_config import load_train_config
 
 SCHEMA = {"name": "x", "batch": 8, "rate": 0.5, "flag": True, "mode": Field("a", choices=("a", "b")),
           "path": Field(None, type=str), "need": Field(type=int), "nested": {"depth": 2, "spec": Field("s", type=(str, dict))}}

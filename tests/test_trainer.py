@@ -134,6 +134,35 @@ def test_killed_run_resumed_with_auto_ends_with_identical_weights(tmp_path):
                                                                    "step_00000006"]
 
 
+@pytest.mark.parametrize("keep_last, kept", [(2, [3, 4]), (0, [1, 2, 3, 4])])
+def test_checkpoints_are_pruned_to_keep_last_and_read_back(tmp_path, keep_last, kept):
+    import paddle
+
+    from ernievil2.losses import MultiViewContrastiveLoss
+    from ernievil2.train_checkpoint import TrainingParts, checkpoint_dirs, read_checkpoint, write_checkpoint
+
+    def parts(seed):
+        paddle.seed(seed)
+        model = paddle.nn.Linear(3, 2)
+        scheduler = paddle.optimizer.lr.LambdaDecay(0.1, lambda s: 1.0 / (1 + s))
+        optimizer = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=model.parameters())
+        return TrainingParts(model=model, optimizer=optimizer, scheduler=scheduler, momentum_towers=None,
+                             loss_fn=MultiViewContrastiveLoss(), scaler=None)
+
+    saved = parts(1)
+    for step in range(1, 5):
+        saved.model.weight.set_value(paddle.full([3, 2], float(step)))
+        saved.scheduler.step()
+        write_checkpoint(str(tmp_path), step, {"step": step}, saved, keep_last=keep_last)
+    dirs = checkpoint_dirs(str(tmp_path))
+    assert [os.path.basename(d) for d in dirs] == [f"step_{s:08d}" for s in kept]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [os.path.basename(d) for d in dirs]  # no temporaries
+    restored = parts(2)
+    assert read_checkpoint(dirs[-1], restored)["step"] == 4
+    np.testing.assert_array_equal(restored.model.weight.numpy(), np.full([3, 2], 4.0, np.float32))
+    assert restored.scheduler.last_epoch == saved.scheduler.last_epoch
+
+
 def test_persistent_non_finite_loss_stops_with_a_clear_message(tmp_path):
     cfg = write_config(tmp_path, optimizer={"lr": 1e30, "grad_clip": 0.0},
                        schedule={"max_steps": 20, "save_every": 1, "warmup_steps": 0, "max_bad_steps": 2})
@@ -203,7 +232,7 @@ def test_fine_tuning_from_an_official_checkpoint_writes_official_weights(tmp_pat
 
 
 def test_launch_plan_without_launcher_options():
-    from ernievil2.trainer import launch_plan, load_train_config
+    from ernievil2.train_config import launch_plan, load_train_config
     base = os.path.join(REPO, "packages", "configs", "demo.yaml")
 
     def plan(gpus, *overrides):

@@ -50,7 +50,8 @@ def train_main(argv=None):
     from .config import ConfigError
     from .inference import InferenceError
     from .tokenizer import VocabError
-    from .trainer import TrainingError, load_train_config, run_training
+    from .train_config import load_train_config
+    from .trainer import TrainingError, run_training
     from .tsv import BadRowError
 
     config, overrides = _parse(argv, "run_train.sh", "Multi-view contrastive training.",
@@ -78,9 +79,9 @@ def _visible_gpus():
 
 
 def launch_plan_main(argv=None):
-    """For run_train.sh: print how to start training (see trainer.launch_plan), one word per line."""
+    """For run_train.sh: print how to start training (see train_config.launch_plan), one word per line."""
     from .config import ConfigError
-    from .trainer import launch_plan, load_train_config
+    from .train_config import launch_plan, load_train_config
 
     config, overrides = _parse(argv, "run_train.sh", "Print the launch plan.", "training YAML")
     try:

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 
@@ -19,114 +18,15 @@ import paddle
 import paddle.nn as nn
 
 from . import distributed as dist
-from .checkpoint import load_weights, read_state, save_weights, state_arrays
-from .config import REQUIRED, ConfigError, Field, load_config
+from .checkpoint import load_weights, save_weights, state_arrays
+from .config import ConfigError
 from .fileio import atomic_write
-from .image_ops import DEFAULT_MAX_PIXELS
 from .losses import (LossConfig, MultiViewContrastiveLoss, clamp_logit_scale_, make_momentum_copy,
                      momentum_update_)
 from .model import ErnieViL2, ModelConfig
 from .tokenizer import ErnieTokenizer
+from .train_checkpoint import TrainingError, TrainingParts, checkpoint_dirs, read_checkpoint, write_checkpoint
 from .train_data import GlobalBatchSampler, MultiViewDataset, TsvIndex, collate_samples, read_tags_file
-
-TRAIN_SCHEMA = {
-    "output_dir": "./output",
-    "seed": 42,
-    "resume": Field(None, type=str, doc="auto: the newest checkpoint in output_dir; or a checkpoint directory"),
-    "vocab_file": Field(REQUIRED, type=str),
-    "device": Field("auto", choices=("auto", "gpu", "cpu")),
-    "cpu_threads": Field(0, doc="math threads per rank on the CPU; 0: the cores divided among local ranks"),
-    "cpu_processes": Field(1, doc="CPU only, when run_train.sh gets no launcher options: data-parallel processes "
-                                  "on this machine (small models train faster as several single-threaded ranks)"),
-    "data": {
-        "train_file": Field(REQUIRED, type=(str, list)),
-        "dev_file": Field(None, type=str),
-        "test_file": Field(None, type=str),
-        "generate_demo_data": False,
-        "demo_data": Field({}, type=dict),
-        "batch_size": 32,
-        "num_workers": 2,
-        "image_size": 224,
-        "max_text_len": 48,
-        "augment": Field(True, type=(bool, dict), doc="true, false, or augment_train options"),
-        "shuffle": True,
-        "tags_file": Field(None, type=str),
-        "shuffle_tags": True,
-        "max_tags": 0,
-        "on_bad_row": Field("error", choices=("error", "skip")),
-        "max_image_pixels": DEFAULT_MAX_PIXELS,
-        "eval_batch_size": 32,
-    },
-    "model": {
-        "vision": Field("vit_b16", type=(str, dict)),
-        "text": Field("./packages/ernie_base_3.0/ernie_config.base.json", type=(str, dict)),
-        "init_from_params": Field(None, type=str),
-        "strict_load": True,
-        "dropout": Field(None, type=float),
-        "init_logit_scale": Field(None, type=float, doc="starting exp(t) when not loading weights (default 1/0.07)"),
-        "recompute": False,
-        "freeze": {"visual": False, "text": False, "visual_layers": 0, "text_layers": 0},
-    },
-    "optimizer": {
-        "lr": 5e-5,
-        "weight_decay": 0.05,
-        "beta1": 0.9,
-        "beta2": 0.98,
-        "epsilon": 1e-6,
-        "grad_clip": 1.0,
-        "accumulate_steps": 1,
-    },
-    "schedule": {
-        "max_steps": 1000,
-        "epochs": Field(None, type=float, doc="if set, max_steps = epochs x steps per epoch"),
-        "warmup_steps": 100,
-        "min_lr_ratio": 0.0,
-        "log_every": 10,
-        "eval_every": 0,
-        "save_every": 500,
-        "keep_last": 3,
-        "max_bad_steps": 5,
-    },
-    "amp": {
-        "mode": Field("off", choices=("off", "fp16", "bf16")),
-        "level": Field("O1", choices=("O1", "O2")),
-        "init_loss_scaling": 32768.0,
-    },
-    "loss": LossConfig().to_dict(),
-    "log": {"visualdl": True, "progress": True},
-}
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; the message says why and what is left on disk."""
-
-
-def load_train_config(path, overrides=()):
-    cfg = load_config(TRAIN_SCHEMA, path, overrides)
-    src = path or "<config>"
-    try:
-        LossConfig.from_dict(cfg.loss.to_dict())
-    except ValueError as e:
-        raise ConfigError(f"{src}: {e}") from None
-    for key in ("data.batch_size", "optimizer.accumulate_steps", "schedule.log_every", "data.image_size",
-                "cpu_processes"):
-        if cfg.get_path(key) < 1:
-            raise ConfigError(f"{src}: '{key}' must be >= 1, got {cfg.get_path(key)}")
-    for key in ("schedule.max_steps", "schedule.save_every", "schedule.eval_every", "schedule.warmup_steps"):
-        if cfg.get_path(key) < 0:
-            raise ConfigError(f"{src}: '{key}' must be >= 0, got {cfg.get_path(key)}")
-    if isinstance(cfg.data.augment, dict):
-        import inspect
-
-        from .image_ops import augment_train
-        allowed = set(inspect.signature(augment_train).parameters) - {"rgb", "rng", "size"}
-        for key in cfg.data.augment:
-            if key not in allowed:
-                raise ConfigError(f"{src}: unknown key 'data.augment.{key}'; expected some of "
-                                  f"{', '.join(sorted(allowed))}")
-    if cfg.resume not in (None, "auto") and not os.path.isdir(cfg.resume):
-        raise ConfigError(f"{src}: 'resume' must be auto or a checkpoint directory; {cfg.resume} does not exist")
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------- model side
@@ -209,37 +109,6 @@ def lr_factor(step, warmup, total, min_ratio):
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# ------------------------------------------------------------------------------------------- checkpoints
-
-CKPT_PATTERN = re.compile(r"^step_(\d{8})$")
-
-
-def checkpoint_dirs(output_dir):
-    root = os.path.join(output_dir, "checkpoints")
-    if not os.path.isdir(root):
-        return []
-    found = []
-    for name in os.listdir(root):
-        m = CKPT_PATTERN.match(name)
-        if m and os.path.isfile(os.path.join(root, name, "trainer_state.json")):
-            found.append((int(m.group(1)), os.path.join(root, name)))
-    return [path for _, path in sorted(found)]
-
-
-def _save_tensor_dict(state, path):
-    save_weights({k: v.numpy() for k, v in state.items()}, path)
-
-
-def _load_tensor_dict(layer, path):
-    arrays = read_state(path)
-    own = layer.state_dict()
-    missing = sorted(set(own) - set(arrays))
-    if missing:
-        raise TrainingError(f"{path}: checkpoint lacks {', '.join(missing[:5])}")
-    for name, tensor in own.items():
-        tensor.set_value(arrays[name].astype(tensor.numpy().dtype))
 
 
 # ------------------------------------------------------------------------------------------- the trainer
@@ -545,45 +414,22 @@ class Trainer:
     # -- persistence
     def save_checkpoint(self):
         if self.is_main:
-            root = os.path.join(self.out_dir, "checkpoints")
-            final = os.path.join(root, f"step_{self.step:08d}")
-            tmp = os.path.join(root, f".step_{self.step:08d}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-            save_weights(self.model, os.path.join(tmp, "model.safetensors"))
-            paddle.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pdopt"))
-            if self.momentum_towers is not None:
-                _save_tensor_dict(self.momentum_towers.state_dict(), os.path.join(tmp, "momentum.safetensors"))
-            if len(self.loss_fn.state_dict()):
-                _save_tensor_dict(self.loss_fn.state_dict(), os.path.join(tmp, "loss_state.safetensors"))
             state = {"step": self.step, "global_batches": self.step * self.accum, "bad_steps": self.bad_steps,
-                     "scheduler": self.scheduler.state_dict(), "world_size": self.world,
-                     "scaler": _jsonable(self.scaler.state_dict()) if self.scaler else None,
-                     "config": self.cfg.to_dict()}
-            with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as f:
-                json.dump(state, f, indent=1, default=str)
-            shutil.rmtree(final, ignore_errors=True)
-            os.rename(tmp, final)  # the checkpoint appears complete or not at all
-            for old in checkpoint_dirs(self.out_dir)[: -self.cfg.schedule.keep_last or None]:
-                shutil.rmtree(old, ignore_errors=True)
+                     "world_size": self.world, "config": self.cfg.to_dict()}
+            write_checkpoint(self.out_dir, self.step, state, self._checkpointed(),
+                             keep_last=self.cfg.schedule.keep_last)
         dist.barrier()
 
     def _load_checkpoint(self, path):
-        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
-            state = json.load(f)
-        load_weights(self.model, os.path.join(path, "model.safetensors"), strict=True)
-        self.optimizer.set_state_dict(paddle.load(os.path.join(path, "optimizer.pdopt")))
-        self.scheduler.set_state_dict(state["scheduler"])
-        if self.momentum_towers is not None:
-            _load_tensor_dict(self.momentum_towers, os.path.join(path, "momentum.safetensors"))
-        if len(self.loss_fn.state_dict()):
-            _load_tensor_dict(self.loss_fn, os.path.join(path, "loss_state.safetensors"))
-        if self.scaler and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        state = read_checkpoint(path, self._checkpointed())
         self.step = state["step"]
         self.bad_steps = state.get("bad_steps", 0)
         if self.is_main:
             print(f"resumed from {path} at step {self.step}", flush=True)
+
+    def _checkpointed(self):
+        return TrainingParts(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                             momentum_towers=self.momentum_towers, loss_fn=self.loss_fn, scaler=self.scaler)
 
     def _trim_metrics(self):
         """On resume, drop metric lines from beyond the checkpoint (they will be logged again)."""
@@ -658,26 +504,9 @@ def _flatten(record, prefix=""):
     return out
 
 
-def _jsonable(state):
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in state.items()}
-
-
 def _write_text(path, text):
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
-
-
-def launch_plan(cfg, gpu_count):
-    """How run_train.sh starts training when it gets no launcher options: ("single",) for one process, or
-    ("launch", *options) for paddle.distributed.launch (one rank per visible GPU, or cfg.cpu_processes CPU
-    ranks).  The launcher's per-rank logs go to output_dir/launch_log instead of ./log."""
-    logs = ("--log_dir", os.path.join(cfg.output_dir, "launch_log"))
-    on_gpu = cfg.device != "cpu" and gpu_count > 0
-    if on_gpu:
-        return ("launch",) + logs if gpu_count > 1 else ("single",)
-    if cfg.cpu_processes > 1:
-        return ("launch", "--nproc_per_node", str(cfg.cpu_processes)) + logs
-    return ("single",)
 
 
 def run_training(cfg):
