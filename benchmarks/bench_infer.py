@@ -39,6 +39,13 @@ def make_image(rng, width=640, height=480):
     return base64.b64encode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()).decode()
 
 
+def make_caption(rng):
+    """One to three joined phrases: lengths vary like real captions (about 10 to 48 tokens), which matters for
+    the text tower's padding and for oneDNN, which keeps state per input shape."""
+    picks = rng.integers(0, len(CAPTIONS), int(rng.choice([1, 2, 3], p=[0.5, 0.4, 0.1])))
+    return "，".join(CAPTIONS[k].rstrip(".") for k in picks)
+
+
 def write_tsv(path, n_rows, captions_per_image, seed=0):
     rng = np.random.default_rng(seed)
     with open(path, "w", encoding="utf-8") as f:
@@ -46,7 +53,7 @@ def write_tsv(path, n_rows, captions_per_image, seed=0):
         for i in range(n_rows):
             if i % captions_per_image == 0:
                 image = make_image(rng)
-            f.write(f"{CAPTIONS[i % len(CAPTIONS)]} {i}\t{i // captions_per_image}\t{image}\n")
+            f.write(f"{make_caption(rng)}\t{i // captions_per_image}\t{image}\n")
     return path
 
 

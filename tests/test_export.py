@@ -105,6 +105,36 @@ def test_padding_does_not_change_a_texts_embedding(exported):
     assert min_cos(batched[:1], batched[1:]) < 0.99
 
 
+def test_the_cpu_predictor_sees_only_a_few_fixed_shapes(exported):
+    # oneDNN keeps a reordered copy of a tower's weights per input shape (~350 MB each for Base), so on the CPU
+    # every text batch becomes blocks of text_batch rows x a multiple of 16 tokens, and images go one by one.
+    model, out = exported
+    rng = np.random.default_rng(3)
+    encoders = {"fixed": PredictorEncoder(out, cpu_threads=1, text_batch=4),
+                "as given": PredictorEncoder(out, cpu_threads=1, fixed_shapes=False)}
+    seen = {name: set() for name in encoders}
+    for name, encoder in encoders.items():
+        def recording_run(tower, array, run=encoder._run, log=seen[name]):
+            log.add((tower, array.shape))
+            return run(tower, array)
+        encoder._run = recording_run
+    for batch, length, pads in [(1, 2, None), (3, 7, {1: 3}), (4, 16, None), (5, 17, {4: 2}), (9, 33, {0: 30}),
+                                (2, 48, {1: 1}), (6, 5, None)]:
+        ids = random_ids(rng, batch, length, pads)
+        want = eager_text(model, ids)
+        for encoder in encoders.values():
+            got = encoder.encode_text(ids)
+            assert got.shape == (batch, 32) and min_cos(got, want) >= MIN_COS, (batch, length)
+    for batch in (1, 3, 2):
+        pixels = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        want = eager_image(model, pixels)
+        for encoder in encoders.values():
+            assert min_cos(encoder.encode_image(pixels), want) >= MIN_COS, batch
+    assert seen["fixed"] == {("text", (4, 16)), ("text", (4, 32)), ("text", (4, 48)), ("image", (1, 3, 32, 32))}
+    assert len(seen["as given"]) == 10  # every batch as it came: 7 text shapes and 3 image shapes
+    assert PredictorEncoder(out, cpu_threads=1, use_onednn=False).fixed_shapes is False
+
+
 def test_bad_inputs_are_refused_with_a_clear_message(exported):
     _, out = exported
     encoder = PredictorEncoder(out, cpu_threads=1)

@@ -142,6 +142,46 @@ def test_each_distinct_image_is_encoded_once_and_rows_keep_their_order(tmp_path,
     np.testing.assert_allclose(image1, image, atol=2e-6)
 
 
+def test_texts_are_batched_by_length_and_rows_still_come_out_in_input_order(tmp_path, tiny):
+    from ernievil2.tokenizer import ErnieTokenizer
+    a, b = jpeg_b64(1), jpeg_b64(2)
+    captions = [("一只猫" if i % 2 else f"第{i}个 a much longer caption with quite a few more words in it")
+                for i in range(9)]
+    tsv = write_tsv(tmp_path / "in.tsv", [f"{c}\t{i % 2}\t{(a, b)[i % 2]}" for i, c in enumerate(captions)])
+    lengths = (ErnieTokenizer.from_file(VOCAB).batch_encode(captions, max_len=48) != 0).sum(1)
+    sorted_lengths = np.sort(lengths, kind="stable")
+    in_order, by_length = CountingEncoder(make_tiny_model(seed=5)), CountingEncoder(make_tiny_model(seed=5))
+    run_inference(config_for(tiny, tsv, infer_batch_size=2, text_sort_window=1,
+                             output_file=str(tmp_path / "in_order.out")), encoder=in_order)
+    run_inference(config_for(tiny, tsv, infer_batch_size=2), encoder=by_length)
+    # Input order: each batch of 2 rows pads to its long caption.  Sorted: batches of similar lengths.
+    assert in_order.text_shapes == [(len(lengths[i:i + 2]), lengths[i:i + 2].max()) for i in range(0, 9, 2)]
+    assert by_length.text_shapes == [(len(sorted_lengths[i:i + 2]), sorted_lengths[i:i + 2].max())
+                                     for i in range(0, 9, 2)]
+    assert sum(n * w for n, w in by_length.text_shapes) < sum(n * w for n, w in in_order.text_shapes)
+    text1, image1, ids1 = read_out(tmp_path / "in_order.out")
+    text2, image2, ids2 = read_out(tiny["output_file"])
+    assert ids1 == ids2 == [str(i % 2) for i in range(9)]
+    np.testing.assert_allclose(text2, text1, atol=2e-6)
+    np.testing.assert_array_equal(image2, image1)
+
+
+def test_a_small_image_cache_with_a_long_text_window_keeps_every_row_correct(tmp_path, tiny):
+    images = [jpeg_b64(k) for k in range(12)]  # more than the image LRU holds without the window's share
+    rows = [f"caption {i} {'long ' * (i % 5)}\t{i % 12}\t{images[i % 12]}" for i in range(40)]
+    tsv = write_tsv(tmp_path / "in.tsv", rows)
+    small = CountingEncoder(make_tiny_model(seed=5))
+    run_inference(config_for(tiny, tsv, infer_batch_size=3, image_cache_size=1, prefetch_batches=1,
+                             text_sort_window=50), encoder=small)
+    run_inference(config_for(tiny, tsv, infer_batch_size=3, output_file=str(tmp_path / "big.out")),
+                  encoder=CountingEncoder(make_tiny_model(seed=5)))
+    assert small.images > 12  # images the planner forgot were encoded again; every row still got its own
+    got, want = read_out(tiny["output_file"]), read_out(tmp_path / "big.out")
+    assert got[2] == want[2] == [str(i % 12) for i in range(40)]
+    np.testing.assert_allclose(got[0], want[0], atol=2e-6)
+    np.testing.assert_allclose(got[1], want[1], atol=2e-6)
+
+
 BAD_ROWS = {  # expected phrase of the message -> the row
     "tab-separated columns": "only two\tcolumns",
     "base64": "文本\t9\t@@@notbase64@@@",

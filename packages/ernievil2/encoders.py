@@ -54,7 +54,8 @@ def make_encoder(cfg):
     if engine == "paddle_inference":
         from .export import PredictorEncoder
         model_dir = cfg.inference_model_dir or cached_export(cfg)
-        return PredictorEncoder(model_dir, device=device, cpu_threads=cfg.cpu_threads, precision=cfg.precision)
+        return PredictorEncoder(model_dir, device=device, cpu_threads=cfg.cpu_threads, precision=cfg.precision,
+                                text_batch=cfg.infer_batch_size)
     model = build_model(cfg.vision_model, cfg.text_model_config, cfg.init_from_params)
     return EagerEncoder(model)
 

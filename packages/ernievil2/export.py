@@ -34,7 +34,13 @@ FORMAT_VERSION = 1
 TOWERS = ("image", "text")
 INPUTS = {"image": ("pixels", "float32"), "text": ("input_ids", "int64")}
 MIN_COSINE = 0.99999  # exported vs eager, the bar the project holds every engine to
-ONEDNN_SHAPE_CACHE = 64  # distinct input shapes oneDNN keeps primitives for (0 would grow without bound)
+# oneDNN keeps primitives, and a copy of the tower's weights reordered for them, per distinct input shape:
+# ~350 MB per shape for the Base towers (measured), so a text batch of every caption length would cost GBs.
+# On the CPU the predictor therefore only ever sees a few shapes (`fixed_shapes`): images one at a time (the
+# per-image cost is the same from batch 1 to 4 here), texts in blocks of `text_batch` rows padded to a multiple
+# of TEXT_WIDTH_STEP tokens (3 widths up to the usual 48).  The cache bound is a backstop above that.
+ONEDNN_SHAPE_CACHE = 8
+TEXT_WIDTH_STEP = 16
 
 
 class InferenceModelError(ValueError):
@@ -199,7 +205,7 @@ class PredictorEncoder:
     with the interface of encoders.EagerEncoder."""
 
     def __init__(self, model_dir, device="cpu", cpu_threads=0, use_tensorrt=False, precision="fp32",
-                 towers=TOWERS, use_onednn=True, gpu_id=0, trt_max_batch=64):
+                 towers=TOWERS, use_onednn=True, gpu_id=0, trt_max_batch=64, fixed_shapes=None, text_batch=10):
         import paddle
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device must be cpu or gpu, got {device!r}")
@@ -223,7 +229,13 @@ class PredictorEncoder:
         self.image_size = int(self.meta["image_size"])
         self.max_text_len = int(self.meta["max_text_len"])
         self.vocab_size = self.meta.get("vocab_size")
+        self.pad_id = int(self.meta.get("pad_token_id", 0))
         self.device = device
+        # A few fixed input shapes for oneDNN (see ONEDNN_SHAPE_CACHE); outputs are the same either way.
+        self.fixed_shapes = (device == "cpu" and use_onednn) if fixed_shapes is None else bool(fixed_shapes)
+        if text_batch < 1:
+            raise ValueError(f"text_batch must be >= 1, got {text_batch}")
+        self.text_batch = int(text_batch)
         self.cpu_threads = cpu_threads or os.cpu_count() or 1
         self._options = dict(use_tensorrt=use_tensorrt, precision=precision, use_onednn=use_onednn,
                              gpu_id=gpu_id, trt_max_batch=trt_max_batch)
@@ -306,14 +318,28 @@ class PredictorEncoder:
         if ids.size and (ids.min() < 0 or (self.vocab_size and ids.max() >= self.vocab_size)):
             raise ValueError(f"encode_text: token ids must lie in 0..{self.vocab_size - 1}, got "
                              f"{ids.min()}..{ids.max()}")
-        return self._run("text", ids.astype(np.int64, copy=False))
+        ids = ids.astype(np.int64, copy=False)
+        if not self.fixed_shapes or not len(ids):
+            return self._run("text", ids)
+        width = min(-(-ids.shape[1] // TEXT_WIDTH_STEP) * TEXT_WIDTH_STEP, self.max_text_len)
+        out = []
+        for start in range(0, len(ids), self.text_batch):
+            chunk = ids[start:start + self.text_batch]
+            block = np.full((self.text_batch, width), self.pad_id, np.int64)
+            block[:, :chunk.shape[1]] = chunk[0]  # filler rows repeat a real text (never an all-padding row)
+            block[:len(chunk), :chunk.shape[1]] = chunk
+            out.append(self._run("text", block)[:len(chunk)])
+        return np.concatenate(out)
 
     def encode_image(self, pixels):
         pixels = np.asarray(pixels)
         s = self.image_size
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, s, s):
             raise ValueError(f"encode_image: expected pixels [batch, 3, {s}, {s}], got {list(pixels.shape)}")
-        return self._run("image", pixels.astype(np.float32, copy=False))
+        pixels = pixels.astype(np.float32, copy=False)
+        if not self.fixed_shapes or len(pixels) <= 1:
+            return self._run("image", pixels)
+        return np.concatenate([self._run("image", pixels[i:i + 1]) for i in range(len(pixels))])
 
 
 # ---------------------------------------------------------------- ONNX

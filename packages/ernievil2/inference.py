@@ -57,6 +57,8 @@ INFER_SCHEMA = {
                            "AVX512-BF16/AMX; ~1.6x faster per image, approximate: cosine >= 0.9998 to fp32)"),
     "num_workers": 1,
     "prefetch_batches": 4,
+    "text_sort_window": Field(128, type=int, doc="rows whose captions are grouped by length before the texts are "
+                                                 "batched (each batch pads to its longest); 1: input order"),
     "on_bad_row": Field("error", choices=("error", "skip")),
     "bad_row_log": Field(None, type=str, doc="default: <output_file>.skipped.txt"),
     "write_sidecar": True,
@@ -69,7 +71,8 @@ INFER_SCHEMA = {
 
 def load_infer_config(path, overrides=()):
     cfg = load_config(INFER_SCHEMA, path, overrides)
-    for key in ("infer_batch_size", "max_text_seqlen", "image_size", "image_cache_size", "prefetch_batches"):
+    for key in ("infer_batch_size", "max_text_seqlen", "image_size", "image_cache_size", "prefetch_batches",
+                "text_sort_window"):
         if cfg[key] < 1:
             raise ValueError(f"{path}: '{key}' must be >= 1, got {cfg[key]}")
     if cfg.max_text_seqlen < 3:
@@ -341,7 +344,9 @@ def resolve_device(requested):
 def iter_embeddings(cfg, encoder, tokenizer, policy, stats, progress=None):
     """Yield (row, text_embedding, image_embedding) for every good row of cfg.test_file, in input order.
 
-    Bad rows go to `policy`; `stats` (a Summary) receives the row and image counts."""
+    Bad rows go to `policy`; `stats` (a Summary) receives the row and image counts.  Images are encoded per
+    planned batch; texts wait for `text_sort_window` rows, are batched by length (`_encode_texts`), and then
+    the window's rows are yielded in input order."""
     initargs = (cfg.vocab_file, cfg.max_text_seqlen, cfg.image_size, cfg.max_image_pixels)
     if cfg.num_workers > 0:
         pool = multiprocessing.get_context("spawn").Pool(cfg.num_workers, _init_worker, initargs)
@@ -349,37 +354,63 @@ def iter_embeddings(cfg, encoder, tokenizer, policy, stats, progress=None):
         pool = _InlinePool(initargs)
     depth = max(cfg.prefetch_batches, cfg.num_workers)
     scheduled = _LRU(cfg.image_cache_size)
-    # Sized so that every image the planner counted as scheduled is still here when its rows are computed.
-    embeddings = _LRU(cfg.image_cache_size + (depth + 1) * cfg.infer_batch_size)
+    # Sized so that every image the planner counted as scheduled is still here when its rows are written (up
+    # to `depth` batches ahead of the model, and a text window plus one batch behind it).
+    embeddings = _LRU(cfg.image_cache_size + (depth + 1) * cfg.infer_batch_size + cfg.text_sort_window)
     failed = _LRU(embeddings.capacity)
     counted = _RowCounter(read_rows(cfg.test_file))
+    window = []  # (row, image key, token ids [L]) of rows whose texts are not encoded yet
+
+    def flush():
+        text_emb = _encode_texts(encoder, [ids for _, _, ids in window], cfg.infer_batch_size, tokenizer.pad_id)
+        for (row, key, _), vec in zip(window, text_emb):
+            embeddings.move_to_end(key)
+            yield row, vec, embeddings[key]
+        stats.written += len(window)
+        if progress is not None:
+            progress.update(len(window))
+        window.clear()
+
     try:
         plans = _plan_batches(counted, cfg.infer_batch_size, scheduled, policy)
         for plan, (ids, pixels, errors) in _prefetch(pool, plans, depth):
             _encode_new_images(plan, pixels, errors, encoder, embeddings, failed, stats)
-            keep = []
             for i, (row, key) in enumerate(zip(plan.rows, plan.keys)):
                 if key in failed:
                     failed.move_to_end(key)
                     policy(BadRow(cfg.test_file, row.line, failed[key]))
+                    if progress is not None:
+                        progress.update(1)
                 else:
-                    keep.append(i)
-            if keep:
-                batch_ids = ids[keep]
-                batch_ids = batch_ids[:, : int((batch_ids != tokenizer.pad_id).sum(1).max())]
-                text_emb = encoder.encode_text(batch_ids)
-                for j, i in enumerate(keep):
-                    key = plan.keys[i]
                     embeddings.move_to_end(key)
-                    yield plan.rows[i], text_emb[j], embeddings[key]
-                stats.written += len(keep)
-            if progress is not None:
-                progress.update(len(plan.rows))
+                    window.append((row, key, ids[i]))
+            if len(window) >= cfg.text_sort_window:
+                yield from flush()
+        if window:
+            yield from flush()
     finally:
         pool.terminate()
         pool.join()
         stats.rows = counted.count
         stats.images_reused = stats.written - stats.images_encoded
+
+
+def _encode_texts(encoder, ids, batch_size, pad_id):
+    """Embeddings of token-id rows (1-D, padded at the end with pad_id to any width), in the given order.  The
+    rows are encoded in batches of similar length, each batch trimmed to its longest row: with captions of mixed
+    lengths a batch in input order pads to its longest caption, and much of the text tower's work is padding."""
+    lengths = np.array([int((row != pad_id).sum()) for row in ids])
+    width = max(1, int(lengths.max()))
+    ids = np.stack([np.pad(row[:width], (0, max(0, width - len(row))), constant_values=pad_id) for row in ids])
+    order = np.argsort(lengths, kind="stable")
+    out = None
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        emb = encoder.encode_text(ids[chunk, :max(1, int(lengths[chunk].max()))])
+        if out is None:
+            out = np.empty((len(ids), emb.shape[1]), emb.dtype)
+        out[chunk] = emb
+    return out
 
 
 def run_inference(cfg, encoder=None):

@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 
 from .image_ops import DEFAULT_MAX_PIXELS, augment_train, decode_base64_image, preprocess_eval
-from .losses import tag_text
+from .loss_config import tag_text
 from .tokenizer import ErnieTokenizer
 from .tsv import BadRow, BadRowError, parse_row
 
