@@ -135,6 +135,18 @@ def test_the_cpu_predictor_sees_only_a_few_fixed_shapes(exported):
     assert PredictorEncoder(out, cpu_threads=1, use_onednn=False).fixed_shapes is False
 
 
+def test_text_widths_are_few_for_any_max_length():
+    from ernievil2.export import TEXT_WIDTHS, fixed_text_width
+    assert {fixed_text_width(w, 48) for w in range(1, 49)} == {16, 32, 48}
+    assert {fixed_text_width(w, 100) for w in range(1, 101)} == {32, 64, 96, 100}
+    assert {fixed_text_width(w, 512) for w in range(1, 513)} == {128, 256, 384, 512}
+    for longest in range(1, 600):
+        widths = [fixed_text_width(w, longest) for w in range(1, longest + 1)]
+        assert len(set(widths)) <= TEXT_WIDTHS and all(w <= p <= longest for w, p in zip(range(1, longest + 1),
+                                                                                         widths))
+    assert fixed_text_width(60, 48) == 60  # wider than promised: passed through, never cut
+
+
 def test_bad_inputs_are_refused_with_a_clear_message(exported):
     _, out = exported
     encoder = PredictorEncoder(out, cpu_threads=1)

@@ -182,6 +182,16 @@ def test_a_small_image_cache_with_a_long_text_window_keeps_every_row_correct(tmp
     np.testing.assert_allclose(got[1], want[1], atol=2e-6)
 
 
+def test_the_cpu_predictor_gets_the_batch_and_text_length_of_the_config(tmp_path, tiny):
+    from ernievil2.encoders import make_encoder
+    from ernievil2.export import PredictorEncoder
+    cfg = config_for(tiny, tmp_path / "unused.tsv", engine="paddle_inference", infer_batch_size=7,
+                     max_text_seqlen=40)
+    encoder = make_encoder(cfg)
+    assert isinstance(encoder, PredictorEncoder) and encoder.fixed_shapes
+    assert (encoder.text_batch, encoder.text_longest) == (7, 40)
+
+
 BAD_ROWS = {  # expected phrase of the message -> the row
     "tab-separated columns": "only two\tcolumns",
     "base64": "文本\t9\t@@@notbase64@@@",

@@ -55,7 +55,7 @@ def make_encoder(cfg):
         from .export import PredictorEncoder
         model_dir = cfg.inference_model_dir or cached_export(cfg)
         return PredictorEncoder(model_dir, device=device, cpu_threads=cfg.cpu_threads, precision=cfg.precision,
-                                text_batch=cfg.infer_batch_size)
+                                text_batch=cfg.infer_batch_size, text_max_len=cfg.max_text_seqlen)
     model = build_model(cfg.vision_model, cfg.text_model_config, cfg.init_from_params)
     return EagerEncoder(model)
 

@@ -37,10 +37,10 @@ MIN_COSINE = 0.99999  # exported vs eager, the bar the project holds every engin
 # oneDNN keeps primitives, and a copy of the tower's weights reordered for them, per distinct input shape:
 # ~350 MB per shape for the Base towers (measured), so a text batch of every caption length would cost GBs.
 # On the CPU the predictor therefore only ever sees a few shapes (`fixed_shapes`): images one at a time (the
-# per-image cost is the same from batch 1 to 4 here), texts in blocks of `text_batch` rows padded to a multiple
-# of TEXT_WIDTH_STEP tokens (3 widths up to the usual 48).  The cache bound is a backstop above that.
+# per-image cost is the same from batch 1 to 4 here), texts in blocks of `text_batch` rows padded to one of at
+# most TEXT_WIDTHS widths (16/32/48 for the usual max length 48).  The cache bound is a backstop above that.
 ONEDNN_SHAPE_CACHE = 8
-TEXT_WIDTH_STEP = 16
+TEXT_WIDTHS = 4
 
 
 class InferenceModelError(ValueError):
@@ -200,12 +200,20 @@ def read_export_meta(model_dir):
     return meta
 
 
+def fixed_text_width(width, longest):
+    """The width a text batch of `width` tokens is padded to when texts are at most `longest` tokens: a multiple
+    of a step (itself a multiple of 16) that splits `longest` into at most TEXT_WIDTHS widths."""
+    step = 16 * -(-longest // (16 * TEXT_WIDTHS))
+    return min(-(-width // step) * step, max(longest, width))
+
+
 class PredictorEncoder:
     """Token ids / pixels -> L2-normalised float32 numpy embeddings through Paddle Inference predictors,
     with the interface of encoders.EagerEncoder."""
 
     def __init__(self, model_dir, device="cpu", cpu_threads=0, use_tensorrt=False, precision="fp32",
-                 towers=TOWERS, use_onednn=True, gpu_id=0, trt_max_batch=64, fixed_shapes=None, text_batch=10):
+                 towers=TOWERS, use_onednn=True, gpu_id=0, trt_max_batch=64, fixed_shapes=None, text_batch=10,
+                 text_max_len=None):
         import paddle
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device must be cpu or gpu, got {device!r}")
@@ -236,6 +244,7 @@ class PredictorEncoder:
         if text_batch < 1:
             raise ValueError(f"text_batch must be >= 1, got {text_batch}")
         self.text_batch = int(text_batch)
+        self.text_longest = min(int(text_max_len or 48), self.max_text_len)  # the tokenizer's max length
         self.cpu_threads = cpu_threads or os.cpu_count() or 1
         self._options = dict(use_tensorrt=use_tensorrt, precision=precision, use_onednn=use_onednn,
                              gpu_id=gpu_id, trt_max_batch=trt_max_batch)
@@ -321,7 +330,7 @@ class PredictorEncoder:
         ids = ids.astype(np.int64, copy=False)
         if not self.fixed_shapes or not len(ids):
             return self._run("text", ids)
-        width = min(-(-ids.shape[1] // TEXT_WIDTH_STEP) * TEXT_WIDTH_STEP, self.max_text_len)
+        width = fixed_text_width(ids.shape[1], self.text_longest)
         out = []
         for start in range(0, len(ids), self.text_batch):
             chunk = ids[start:start + self.text_batch]
