@@ -16,8 +16,8 @@ import numpy as np
 import paddle
 
 from ernievil2 import distributed as edist
-from ernievil2.losses import (TEMPERATURE_INIT, TERMS, MultiViewContrastiveLoss, clamp_logit_scale_,
-                              make_momentum_copy, momentum_update_)
+from ernievil2.loss_config import TEMPERATURE_INIT, TERMS
+from ernievil2.losses import MultiViewContrastiveLoss, clamp_logit_scale_, make_momentum_copy, momentum_update_
 
 GLOBAL_BATCH = 8
 IN_DIM, EMBED_DIM = 6, 5

@@ -14,6 +14,7 @@ import numpy as np
 import paddle
 import pytest
 
+from ernievil2 import loss_config as LC
 from ernievil2 import losses as L
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,7 +61,7 @@ def ref_pair(a, b, t, a_neg=None, b_neg=None):
     return loss, da, db, dt
 
 
-def ref_multiview(x, weights, t, image_view=2, text_view=1, queue=None, queue_terms=L.CROSS_MODAL_TERMS):
+def ref_multiview(x, weights, t, image_view=2, text_view=1, queue=None, queue_terms=LC.CROSS_MODAL_TERMS):
     """All terms on the dict of raw views ``x``; returns (terms, total, grads by view, dt)."""
     pairs = dict(PAIRS, image_caption=(f"image_view{image_view}", f"text_view{text_view}"),
                  image_tags=(f"image_view{image_view}", "tags"))
@@ -87,12 +88,12 @@ def _views(rng, n=6, d=4, scale=1.0):
     return {v: (scale * rng.standard_normal((n, d))).astype(np.float32) for v in VIEWS}
 
 
-def _temperature(value=L.TEMPERATURE_INIT):
+def _temperature(value=LC.TEMPERATURE_INIT):
     return paddle.create_parameter([1], dtype="float32",
                                    default_initializer=paddle.nn.initializer.Constant(value))
 
 
-def _run(loss_fn, x, t_value=L.TEMPERATURE_INIT, dtype="float32", queue_keys=None):
+def _run(loss_fn, x, t_value=LC.TEMPERATURE_INIT, dtype="float32", queue_keys=None):
     """Forward + backward of the Paddle module; returns (outputs as floats, input grads, dt)."""
     ts = {v: paddle.to_tensor(x[v]).astype(dtype) for v in x}
     for v in ts:
@@ -147,12 +148,12 @@ def _close(actual, expected):
     np.testing.assert_allclose(actual, expected, rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("term", L.TERMS)
+@pytest.mark.parametrize("term", LC.TERMS)
 @pytest.mark.parametrize("negatives", ["full", "local"])
 def test_single_term_value_and_gradients(term, negatives):
     rng = np.random.default_rng(1)
     x = _views(rng)
-    weights = {t: (1.0 if t == term else 0.0) for t in L.TERMS}
+    weights = {t: (1.0 if t == term else 0.0) for t in LC.TERMS}
     loss_fn = L.MultiViewContrastiveLoss({"weights": weights, "negatives": negatives})
     out, grads, dt, _ = _run(loss_fn, x, t_value=1.7)
     terms, total, ref_grads, ref_dt = ref_multiview(x, weights, 1.7)
@@ -176,8 +177,8 @@ def test_weighted_total_and_pairing(image_view, text_view, with_queue):
                                           "cross_modal_text_view": text_view})
     qk = None if queue is None else tuple(paddle.to_tensor(q.astype(np.float32)) for q in queue)
     out, grads, dt, _ = _run(loss_fn, x, queue_keys=qk)
-    terms, total, ref_grads, ref_dt = ref_multiview(x, weights, L.TEMPERATURE_INIT, image_view, text_view, queue)
-    for t in L.TERMS:
+    terms, total, ref_grads, ref_dt = ref_multiview(x, weights, LC.TEMPERATURE_INIT, image_view, text_view, queue)
+    for t in LC.TERMS:
         _close(out[t], terms[t])
     _close(out["loss"], total)
     for v in VIEWS:
@@ -190,10 +191,10 @@ def test_default_pairing_is_image_view2_with_text_view1():
     x = _views(rng)
     weights = {"image_image": 0.0, "text_text": 0.0, "image_caption": 1.0, "image_tags": 0.0}
     out = _run(L.MultiViewContrastiveLoss({"weights": weights}), x)[0]
-    assert out["image_caption"] == pytest.approx(ref_pair(x["image_view2"], x["text_view1"], L.TEMPERATURE_INIT)[0],
+    assert out["image_caption"] == pytest.approx(ref_pair(x["image_view2"], x["text_view1"], LC.TEMPERATURE_INIT)[0],
                                                  rel=1e-5)
     assert out["image_caption"] != pytest.approx(ref_pair(x["image_view1"], x["text_view1"],
-                                                          L.TEMPERATURE_INIT)[0], rel=1e-3)
+                                                          LC.TEMPERATURE_INIT)[0], rel=1e-3)
 
 
 def test_queue_only_feeds_configured_terms():
@@ -203,12 +204,12 @@ def test_queue_only_feeds_configured_terms():
     qk = tuple(paddle.to_tensor(q.astype(np.float32)) for q in queue)
     cfg = {"queue": {"terms": ["image_tags"]}}
     out = _run(L.MultiViewContrastiveLoss(cfg), x, queue_keys=qk)[0]
-    w = {t: 1.0 for t in L.TERMS}
-    terms = ref_multiview(x, w, L.TEMPERATURE_INIT, queue=queue, queue_terms=("image_tags",))[0]
-    for t in L.TERMS:
+    w = {t: 1.0 for t in LC.TERMS}
+    terms = ref_multiview(x, w, LC.TEMPERATURE_INIT, queue=queue, queue_terms=("image_tags",))[0]
+    for t in LC.TERMS:
         _close(out[t], terms[t])
     # intra-modal terms never see the queue, and the queue does change the terms it feeds
-    assert terms["image_tags"] != pytest.approx(ref_pair(x["image_view2"], x["tags"], L.TEMPERATURE_INIT)[0], rel=1e-3)
+    assert terms["image_tags"] != pytest.approx(ref_pair(x["image_view2"], x["tags"], LC.TEMPERATURE_INIT)[0], rel=1e-3)
 
 
 def test_missing_view_for_active_term_raises_and_unused_may_be_none():
@@ -230,7 +231,7 @@ def test_stable_with_max_scale_and_huge_inputs():
     x = {v: (1e4 * (base + 1e-2 * rng.standard_normal((6, 8)))).astype(np.float32) for v in VIEWS}
     t = math.log(100.0)
     out, grads, dt, _ = _run(L.MultiViewContrastiveLoss(), x, t_value=t)
-    terms, total, ref_grads, ref_dt = ref_multiview(x, {k: 1.0 for k in L.TERMS}, t)
+    terms, total, ref_grads, ref_dt = ref_multiview(x, {k: 1.0 for k in LC.TERMS}, t)
     assert all(np.isfinite(v) for v in out.values())
     np.testing.assert_allclose(out["loss"], total, rtol=1e-4)
     for v in VIEWS:
@@ -253,7 +254,7 @@ def test_low_precision_inputs_give_fp32_loss(dtype, autocast):
     else:
         out, grads, dt, raw = _run(loss_fn, x, dtype=dtype)
     assert raw["loss"].dtype == paddle.float32
-    terms, total, ref_grads, ref_dt = ref_multiview(rounded, {k: 1.0 for k in L.TERMS}, L.TEMPERATURE_INIT)
+    terms, total, ref_grads, ref_dt = ref_multiview(rounded, {k: 1.0 for k in LC.TERMS}, LC.TEMPERATURE_INIT)
     np.testing.assert_allclose(out["loss"], total, rtol=1e-5)
     _close(dt, ref_dt)
     for v in VIEWS:  # gradients come back in the input dtype, so only to its precision
@@ -345,7 +346,7 @@ def test_unfilled_queue_rows_are_not_negatives():
     loss_fn.update_queue(paddle.to_tensor(ki.astype(np.float32)), paddle.to_tensor(kt.astype(np.float32)))
     t = 0.5  # a small scale, so that zero rows (logit 0) would weigh as much as real negatives
     out, grads, dt, _ = _run(loss_fn, x, t_value=t)
-    w = {k: 1.0 for k in L.TERMS}
+    w = {k: 1.0 for k in LC.TERMS}
     filled = (_unit(ki), _unit(kt))
     terms, total, ref_grads, ref_dt = ref_multiview(x, w, t, queue=filled)
     _close(out["loss"], total)
@@ -357,7 +358,7 @@ def test_unfilled_queue_rows_are_not_negatives():
     assert abs(ref_multiview(x, w, t, queue=padded)[1] - total) > 0.1
     # and an empty queue is exactly the in-batch loss
     empty = L.MultiViewContrastiveLoss({"queue": {"enabled": True, "size": 12}}, embed_dim=4)
-    _close(_run(empty, x)[0]["loss"], ref_multiview(x, w, L.TEMPERATURE_INIT)[1])
+    _close(_run(empty, x)[0]["loss"], ref_multiview(x, w, LC.TEMPERATURE_INIT)[1])
 
 
 def test_queue_state_round_trips_through_state_dict(tmp_path):
@@ -401,12 +402,12 @@ def test_momentum_copy_and_update():
 # configuration
 # ----------------------------------------------------------------------------------------------
 def test_config_defaults_and_round_trip():
-    cfg = L.LossConfig.from_dict(None)
+    cfg = LC.LossConfig.from_dict(None)
     assert cfg.cross_modal_image_view == 2 and cfg.cross_modal_text_view == 1 and cfg.negatives == "full"
     assert cfg.weights.image_tags == 1.0 and cfg.queue.enabled is False and cfg.max_logit_scale == 100.0
     d = cfg.to_dict()
-    assert L.LossConfig.from_dict(d) == cfg
-    assert L.tag_text(["红色汽车", "蓝天", "绿树"]) == "图片中包含红色汽车, 蓝天, 绿树"
+    assert LC.LossConfig.from_dict(d) == cfg
+    assert LC.tag_text(["红色汽车", "蓝天", "绿树"]) == "图片中包含红色汽车, 蓝天, 绿树"
 
 
 @pytest.mark.parametrize("d,msg", [
@@ -421,12 +422,12 @@ def test_config_defaults_and_round_trip():
     ({"queue": {"size": 0}}, r"loss\.queue\.size: must be a positive integer"),
     ({"queue": {"momentum": 1.0}}, r"loss\.queue\.momentum: must be in \[0, 1\)"),
     ({"queue": {"terms": ["text_text"]}}, r"loss\.queue\.terms: 'text_text'"),
-    ({"weights": {t: 0 for t in L.TERMS}}, r"loss\.weights: every term weight is 0"),
+    ({"weights": {t: 0 for t in LC.TERMS}}, r"loss\.weights: every term weight is 0"),
     ({"weights": {"image_caption": 0, "image_tags": 0}, "queue": {"enabled": True}}, r"loss\.queue\.enabled"),
 ])
 def test_config_errors_name_the_key(d, msg):
-    with pytest.raises(L.LossConfigError, match=msg):
-        L.LossConfig.from_dict(d)
+    with pytest.raises(LC.LossConfigError, match=msg):
+        LC.LossConfig.from_dict(d)
 
 
 def test_queue_requires_embed_dim():

@@ -14,6 +14,15 @@ MKL_CPU_TYPE_VAR = "MKL_DEBUG_CPU_TYPE"
 MKL_AVX2 = "5"
 
 
+def _read_cpuinfo(path):
+    """The text of /proc/cpuinfo, or None where there is none (not Linux, no /proc)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def _cpu_facts(cpuinfo_text):
     """(vendor id, set of flags) of the first processor listed in /proc/cpuinfo text."""
     vendor, flags = "", set()
@@ -40,11 +49,7 @@ def mkl_cpu_type_for(cpuinfo_text):
 def cpu_has_bf16(cpuinfo_path="/proc/cpuinfo"):
     """True when the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16), which oneDNN's bf16 kernels
     need to be faster than fp32 rather than emulated."""
-    try:
-        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
-            _, flags = _cpu_facts(f.read())
-    except OSError:
-        return False
+    _, flags = _cpu_facts(_read_cpuinfo(cpuinfo_path) or "")
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
@@ -53,12 +58,8 @@ def tune_math_libraries(environ=None, cpuinfo_path="/proc/cpuinfo"):
     environ = os.environ if environ is None else environ
     if MKL_CPU_TYPE_VAR in environ:
         return None
-    try:
-        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:  # not Linux, or no /proc: nothing known, nothing changed
-        return None
-    value = mkl_cpu_type_for(text)
+    text = _read_cpuinfo(cpuinfo_path)
+    value = None if text is None else mkl_cpu_type_for(text)  # nothing known: nothing changed
     if value is not None:
         environ[MKL_CPU_TYPE_VAR] = value
     return value

@@ -399,9 +399,9 @@ def _encode_texts(encoder, ids, batch_size, pad_id):
     """Embeddings of token-id rows (1-D, padded at the end with pad_id to any width), in the given order.  The
     rows are encoded in batches of similar length, each batch trimmed to its longest row: with captions of mixed
     lengths a batch in input order pads to its longest caption, and much of the text tower's work is padding."""
-    lengths = np.array([int((row != pad_id).sum()) for row in ids])
-    width = max(1, int(lengths.max()))
-    ids = np.stack([np.pad(row[:width], (0, max(0, width - len(row))), constant_values=pad_id) for row in ids])
+    width = max(len(row) for row in ids)
+    ids = np.stack([np.pad(row, (0, width - len(row)), constant_values=pad_id) for row in ids])
+    lengths = (ids != pad_id).sum(1)
     order = np.argsort(lengths, kind="stable")
     out = None
     for start in range(0, len(order), batch_size):

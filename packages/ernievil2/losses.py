@@ -43,9 +43,7 @@ import paddle
 import paddle.nn.functional as F
 
 from . import distributed as edist
-# The config side lives in loss_config (no Paddle); re-exported here for callers of the loss.
-from .loss_config import (CROSS_MODAL_TERMS, TEMPERATURE_INIT, TERMS, LossConfig, LossConfigError,  # noqa: F401
-                          QueueConfig, tag_text)
+from .loss_config import CROSS_MODAL_TERMS, TERMS, LossConfig  # the loss: section (no Paddle there)
 
 # ----------------------------------------------------------------------------------------------
 # temperature

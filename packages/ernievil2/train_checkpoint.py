@@ -69,7 +69,7 @@ def write_checkpoint(output_dir, step, state, parts, keep_last=0):
         json.dump(state, f, indent=1, default=str)
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)  # the checkpoint appears complete or not at all
-    for old in checkpoint_dirs(output_dir)[: -keep_last or None] if keep_last else []:
+    for old in checkpoint_dirs(output_dir)[:-keep_last] if keep_last else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -21,8 +21,8 @@ from . import distributed as dist
 from .checkpoint import load_weights, save_weights, state_arrays
 from .config import ConfigError
 from .fileio import atomic_write
-from .losses import (LossConfig, MultiViewContrastiveLoss, clamp_logit_scale_, make_momentum_copy,
-                     momentum_update_)
+from .loss_config import LossConfig
+from .losses import MultiViewContrastiveLoss, clamp_logit_scale_, make_momentum_copy, momentum_update_
 from .model import ErnieViL2, ModelConfig
 from .tokenizer import ErnieTokenizer
 from .train_checkpoint import TrainingError, TrainingParts, checkpoint_dirs, read_checkpoint, write_checkpoint
