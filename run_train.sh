@@ -28,7 +28,7 @@ if [ ! -f "$config" ]; then
   exit 2
 fi
 
-entry="$here/packages/ernievil2/train_launch.py"
+entry="$here/packages/ernievil2/cli/train_launch.py"
 if [ ${#launch_opts[@]} -eq 0 ]; then
   # No launcher options: the config decides (one rank per visible GPU, or cpu_processes CPU ranks).
   plan=$("$python_bin" -m ernievil2 launch-plan "$config" "$@") || exit $?

@@ -7,7 +7,7 @@ so that pip never pulls the CPU wheel next to the GPU one (both own the `paddle`
 """
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 PADDLE_DIST = os.environ.get("ERNIEVIL2_PADDLE", "paddlepaddle")
 if PADDLE_DIST not in ("paddlepaddle", "paddlepaddle-gpu"):
@@ -34,7 +34,7 @@ setup(
     description="ERNIE-ViL 2.0 in PaddlePaddle: inference, evaluation and multi-view contrastive training",
     python_requires=">=3.9",
     package_dir={"": "packages"},
-    packages=["ernievil2"],
+    packages=find_packages("packages"),
     install_requires=read_requirements(),
     extras_require={"test": ["pytest>=7"]},
 )

@@ -146,11 +146,11 @@ def write_verified_sidecar(path):
     """The .npz run_infer.sh writes beside its text output (same float32 values, plus the text file's size and
     CRC-32), so that eval_retri.py reads it instead of parsing."""
     sys.path.insert(0, os.path.join(REPO, "packages"))
-    from ernievil2 import embedding_files
-    side = embedding_files.sidecar_path_for(path)
-    if embedding_files.matching_sidecar(path) is None:
+    from ernievil2.eval import embedding_files, sidecar
+    side = sidecar.sidecar_path_for(path)
+    if sidecar.matching_sidecar(path) is None:
         text, image, ids = embedding_files.load_embeddings(path)
-        embedding_files.save_sidecar(side, text, image, ids, text_file=path)
+        sidecar.save_sidecar(side, text, image, ids, text_file=path)
     return side
 
 

@@ -9,9 +9,11 @@ import sys
 import numpy as np
 import paddle
 
-from ernievil2.encoders import build_model
-from ernievil2.image_ops import decode_base64_image, preprocess_eval
-from ernievil2.tokenizer import ErnieTokenizer
+from ernievil2.data.images import decode_base64_image
+from ernievil2.data.tokenizer import ErnieTokenizer
+from ernievil2.data.transforms import preprocess_eval
+from ernievil2.infer.engines import load_model
+from ernievil2.infer.options import EngineOptions
 
 
 def main(tsv, weights, vocab, out):
@@ -21,7 +23,7 @@ def main(tsv, weights, vocab, out):
         for line in f:
             text, image_id, b64 = line.rstrip("\n").split("\t")[:3]
             rows.append((tokenizer.encode(text, 48), preprocess_eval(decode_base64_image(b64)), image_id))
-    model = build_model("vit_b16", None, weights)
+    model = load_model(EngineOptions(weights=weights, vision_model="vit_b16"))
     model.eval()
     with open(out, "w", encoding="utf-8") as f, paddle.no_grad():
         for start in range(0, len(rows), 10):

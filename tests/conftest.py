@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
 # Exported inference models (engine auto/paddle_inference) go to a per-session cache, not ~/.cache; the session
@@ -62,8 +63,32 @@ TINY_TEXT = {"vocab_size": 40000, "hidden_size": 32, "num_hidden_layers": 2, "nu
 def make_tiny_model(seed=0, **text_overrides):
     import paddle
 
-    from ernievil2.model import ErnieViL2, ModelConfig
+    from ernievil2.model.configs import ModelConfig
+    from ernievil2.model.dual_encoder import ErnieViL2
     paddle.seed(seed)
     model = ErnieViL2(ModelConfig.build(dict(TINY_VISION), {**TINY_TEXT, **text_overrides}))
     model.eval()
+    return model
+
+
+def spread(model, seed=0):
+    """Give a tiny model weights of unit-scale activations: at the small init scale every text maps to nearly the
+    same embedding, and a check that two implementations agree would prove little."""
+    import paddle
+    rng = np.random.default_rng(seed)
+    with paddle.no_grad():
+        for name, p in model.named_parameters():
+            shape = p.shape
+            if name.endswith("temperature_b") or name == "temperature":
+                continue
+            if "norm" in name or ".ln" in name or "layer_norm" in name:
+                value = (1.0 if name.endswith("weight") else 0.0) + rng.normal(0, 0.1, shape)
+            elif name.endswith("bias"):
+                value = rng.normal(0, 0.1, shape)
+            elif "emb" in name and len(shape) != 4:  # not the patch conv (visual.patch_embed.proj)
+                value = rng.normal(0, 1.0, shape)
+            else:  # Linear [in, out] and the patch conv [out, in, k, k]
+                fan_in = shape[0] if len(shape) == 2 else int(np.prod(shape[1:]))
+                value = rng.normal(0, fan_in ** -0.5, shape)
+            p.set_value(value.astype(np.float32))
     return model

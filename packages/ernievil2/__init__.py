@@ -9,7 +9,7 @@ import warnings as _warnings
 # Paddle warns on import that ccache (a C++ build cache for custom operators) is missing: irrelevant here.
 _warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 
-from .cpu_runtime import tune_math_libraries as _tune_math_libraries
+from .runtime import tune_math_libraries as _tune_math_libraries
 
-# Before Paddle's first matrix product (see cpu_runtime): MKL's fast path on AMD CPUs.
+# Before Paddle's first matrix product (see runtime): MKL's fast path on AMD CPUs.
 _tune_math_libraries()

@@ -3,18 +3,42 @@
 A schema is a nested dict whose leaves are defaults or `Field`s.  Loading merges the file over the defaults,
 applies overrides (values parsed as YAML, keys dotted: `-o data.batch_size=32`), and rejects unknown keys,
 wrong types and values outside a field's choices with an error naming the file and the dotted key.
+
+Files and override values are read with YAML 1.2's scalars: only `true`/`false` are booleans (YAML 1.1 also
+turns `on/off/yes/no` into booleans, so `amp.mode: off` would not be the string "off"), `1e-3` is a float,
+and integers are plain decimals.
 """
 import copy
 import difflib
 import os
+import re
 
 import yaml
+
+from .errors import ConfigError
 
 REQUIRED = object()  # marks a field without a default
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file and the key."""
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 (core schema) booleans, integers and floats."""
+
+
+_BOOL, _INT, _FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Yaml12Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+_Yaml12Loader.add_implicit_resolver(_FLOAT, re.compile(
+    r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+.0123456789"))
+_Yaml12Loader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node), 10))
+
+
+def load_yaml(text):
+    """Parse YAML text with 1.2 scalars (see the module docstring)."""
+    return yaml.load(text, Loader=_Yaml12Loader)
 
 
 class Field:
@@ -70,7 +94,7 @@ def parse_override(text):
     if not key:
         raise ConfigError(f"override {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
     return key, value
@@ -81,7 +105,7 @@ def read_yaml(path):
         raise ConfigError(f"{path}: config file not found")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = load_yaml(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path

@@ -1,0 +1,47 @@
+"""What every command shares: CONFIG plus `-o key=value` arguments, and turning errors into one line on stderr
+with the error's exit status (2: bad config or input; 1: a bad row or a failed run).  ERNIEVIL2_DEBUG=1
+re-raises instead, with the traceback."""
+import argparse
+import os
+import sys
+
+from ..config import split_cli_overrides
+from ..errors import BadRowError, ConfigError, Error
+
+
+def parse_with_overrides(parser, argv):
+    """Parse argv with `parser` after taking out `-o key=value` overrides; returns (args, overrides)."""
+    try:
+        rest, overrides = split_cli_overrides(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as e:
+        parser.error(str(e))
+    return parser.parse_args(rest), overrides
+
+
+def config_parser(prog, description, config_help):
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("config", help=config_help)
+    return parser
+
+
+def report(error, prog=None, bad_row_hint="", bad_row_exit=None):
+    """Print `error` as one line and return its exit status (re-raise under ERNIEVIL2_DEBUG).  A bad row ends
+    a run with status 1; the data tools, whose whole job is reading that input, pass bad_row_exit=2."""
+    if os.environ.get("ERNIEVIL2_DEBUG"):
+        raise error
+    is_bad_row = isinstance(error, BadRowError)
+    hint = f" {bad_row_hint}" if bad_row_hint and is_bad_row else ""
+    prefix = f"{prog}: " if prog else ""
+    print(f"{prefix}error: {error}{hint}", file=sys.stderr)
+    if is_bad_row and bad_row_exit is not None:
+        return bad_row_exit
+    return error.exit_code if isinstance(error, Error) else 2
+
+
+def guarded(run, prog=None, bad_row_hint="", bad_row_exit=None):
+    """Call run() and return its exit status; a user-fixable error (or an OS error such as a full disk or a
+    missing permission) becomes one line on stderr instead of a traceback."""
+    try:
+        return run() or 0
+    except (Error, OSError) as e:
+        return report(e, prog, bad_row_hint, bad_row_exit)

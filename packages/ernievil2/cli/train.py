@@ -1,0 +1,50 @@
+"""`python -m ernievil2 train CONFIG` (run_train.sh) and `launch-plan CONFIG` (how run_train.sh starts it)."""
+import os
+
+from ..runtime import gpu_count
+from . import eval as eval_cli
+from . import infer as infer_cli
+from .common import config_parser, guarded, parse_with_overrides
+
+
+def train_main(argv=None):
+    parser = config_parser("run_train.sh", "Multi-view contrastive training.",
+                           "training YAML, e.g. packages/configs/demo.yaml")
+    args, overrides = parse_with_overrides(parser, argv)
+
+    def run():
+        from ..train.config import load_train_config
+        from ..train.trainer import run_training
+        cfg = load_train_config(args.config, overrides)
+        trainer, _ = run_training(cfg)
+        if trainer.is_main and cfg.data.test_file:
+            return embed_and_evaluate_test(trainer)
+        return 0
+
+    return guarded(run, bad_row_hint="(set data.on_bad_row: skip to skip such rows)")
+
+
+def launch_plan_main(argv=None):
+    """For run_train.sh: print how to start training (see train.config.launch_plan), one word per line."""
+    parser = config_parser("run_train.sh", "Print the launch plan.", "training YAML")
+    args, overrides = parse_with_overrides(parser, argv)
+
+    def run():
+        from ..train.config import launch_plan, load_train_config
+        print("\n".join(launch_plan(load_train_config(args.config, overrides), gpu_count())))
+
+    return guarded(run)
+
+
+def embed_and_evaluate_test(trainer):
+    """After training: embed the test split with the final weights through the same entry points as
+    run_infer.sh and eval_retri.py, and print the recall table."""
+    infer_yaml = os.path.join(trainer.out_dir, "infer.yaml")
+    device = "gpu" if trainer.device == "gpu" else "cpu"
+    print(f"embedding the test split: bash run_infer.sh {device} {infer_yaml}", flush=True)
+    code = infer_cli.main([infer_yaml, "-o", f"device={device}", "-o", "progress=false"])
+    if code:
+        return code
+    embeddings = os.path.join(trainer.out_dir, "test_embeddings.out")
+    print(f"python eval_retri.py {embeddings}", flush=True)
+    return eval_cli.main([embeddings])

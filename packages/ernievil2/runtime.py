@@ -1,0 +1,104 @@
+"""The machine: CPU facts (vendor, instruction sets), process-wide math-library settings, device choice and
+CPU threads.  Paddle is imported only inside the functions that need it.
+
+Paddle's x86 wheels multiply matrices with a bundled Intel MKL (2019) that takes a generic code path on AMD
+CPUs unless ``MKL_DEBUG_CPU_TYPE=5`` asks for its AVX2 kernels; MKL reads the variable at its first call, so
+importing `ernievil2` sets it on AMD CPUs with AVX2 when the user has not (any value the user sets wins).
+"""
+import os
+import sys
+
+MKL_CPU_TYPE_VAR = "MKL_DEBUG_CPU_TYPE"
+MKL_AVX2 = "5"
+CPUINFO = "/proc/cpuinfo"
+
+
+def _read_cpuinfo(path):
+    """The text of /proc/cpuinfo, or None where there is none (not Linux, no /proc)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _cpu_facts(cpuinfo_text):
+    """(vendor id, set of flags) of the first processor listed in /proc/cpuinfo text."""
+    vendor, flags = "", set()
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+        if vendor and flags:
+            break
+    return vendor, flags
+
+
+def cpu_flags(cpuinfo_path=CPUINFO):
+    """The instruction-set flags of this CPU (empty where unknown)."""
+    return _cpu_facts(_read_cpuinfo(cpuinfo_path) or "")[1]
+
+
+def mkl_cpu_type_for(cpuinfo_text):
+    """The MKL_DEBUG_CPU_TYPE value this CPU should get, or None to leave MKL's own choice."""
+    vendor, flags = _cpu_facts(cpuinfo_text)
+    if vendor == "AuthenticAMD" and {"avx2", "fma"} <= flags:
+        return MKL_AVX2
+    return None
+
+
+def cpu_has_bf16(cpuinfo_path=CPUINFO):
+    """True when the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16), which oneDNN's bf16 kernels
+    need to be faster than fp32 rather than emulated."""
+    return bool(cpu_flags(cpuinfo_path) & {"avx512_bf16", "amx_bf16"})
+
+
+def tune_math_libraries(environ=None, cpuinfo_path=CPUINFO):
+    """Set MKL_DEBUG_CPU_TYPE for AMD CPUs with AVX2 unless the user set it; returns the value set, or None."""
+    environ = os.environ if environ is None else environ
+    if MKL_CPU_TYPE_VAR in environ:
+        return None
+    text = _read_cpuinfo(cpuinfo_path)
+    value = None if text is None else mkl_cpu_type_for(text)  # nothing known: nothing changed
+    if value is not None:
+        environ[MKL_CPU_TYPE_VAR] = value
+    return value
+
+
+def gpu_count():
+    """Visible GPUs of this Paddle build (0 for a CPU build or a broken CUDA setup)."""
+    try:
+        import paddle
+        return paddle.device.cuda.device_count() if paddle.is_compiled_with_cuda() else 0
+    except Exception:  # noqa: BLE001 - a broken CUDA setup counts as no GPU; the caller reports the device
+        return 0
+
+
+def resolve_device(requested="auto", gpu_index=None, warn=True):
+    """Select and return the device a run uses: "gpu" or "cpu".
+
+    requested: "auto" (a GPU when there is one), "gpu" (falls back to the CPU with one warning when this Paddle
+    build or machine has none) or "cpu".  gpu_index: which GPU (a distributed rank's own); default the first.
+    """
+    import paddle
+    if requested not in ("auto", "gpu", "cpu"):
+        raise ValueError(f"device must be auto, gpu or cpu, got {requested!r}")
+    if requested != "cpu" and gpu_count() > 0:
+        paddle.set_device(f"gpu:{gpu_index or 0}")
+        return "gpu"
+    if requested == "gpu" and warn:
+        why = "no GPU is visible" if paddle.is_compiled_with_cuda() else "this Paddle build has no CUDA support"
+        print(f"warning: {why}; running on the CPU instead of the GPU", file=sys.stderr)
+    paddle.set_device("cpu")
+    return "cpu"
+
+
+def set_cpu_threads(n=0, local_ranks=1):
+    """CPU math threads of this process: n, or (n == 0) the cores shared among this machine's local ranks."""
+    from paddle.base import core
+    n = n or max(1, (os.cpu_count() or 1) // max(1, local_ranks))
+    core.set_num_threads(n)
+    return n

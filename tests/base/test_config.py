@@ -1,0 +1,100 @@
+"""YAML + `-o` overrides: types, choices, unknown keys, and every shipped config loads."""
+import glob
+import os
+
+import pytest
+
+from conftest import REPO
+from ernievil2.config import (
+    ConfigError,
+    Field,
+    load_config,
+    parse_override,
+    split_cli_overrides,
+)
+from ernievil2.infer.options import load_infer_config
+from ernievil2.train.config import load_train_config
+
+SCHEMA = {"name": "x", "batch": 8, "rate": 0.5, "flag": True, "mode": Field("a", choices=("a", "b")),
+          "path": Field(None, type=str), "need": Field(type=int), "nested": {"depth": 2, "spec": Field("s", type=(str, dict))}}
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_defaults_file_and_overrides_merge_in_that_order(tmp_path):
+    path = write(tmp_path, "need: 1\nbatch: 16\nnested:\n  depth: 3\n")
+    cfg = load_config(SCHEMA, path, ["nested.depth=4", "rate=1", "path=/a b", "nested.spec={k: 1}"])
+    assert (cfg.need, cfg.batch, cfg.nested.depth, cfg.rate, cfg.path) == (1, 16, 4, 1.0, "/a b")
+    assert isinstance(cfg.rate, float) and cfg.nested.spec == {"k": 1} and cfg.name == "x"
+
+
+@pytest.mark.parametrize("text,overrides,message", [
+    ("need: 1\nbtach: 3\n", [], "unknown key 'btach' (did you mean batch?)"),
+    ("need: 1\nnested: {dept: 1}\n", [], "unknown key 'nested.dept' (did you mean nested.depth?)"),
+    ("need: 1\n", ["nested.depht=1"], "unknown override key 'nested.depht'"),
+    ("need: 1\nbatch: many\n", [], "'batch' must be int, got 'many'"),
+    ("need: 1\nflag: 1\n", [], "'flag' must be bool"),
+    ("need: 1\n", ["mode=c"], "'mode' must be one of a, b; got 'c'"),
+    ("batch: 2\n", [], "missing required key 'need'"),
+    ("need: 1\nnested: 5\n", [], "'nested.' must be a mapping"),
+    ("need: [1\n", [], ":2: invalid YAML"),
+    ("- a\n- b\n", [], "the top level must be a mapping"),
+])
+def test_errors_name_the_file_and_the_key(tmp_path, text, overrides, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(SCHEMA, path, overrides)
+    assert message in str(err.value) and path in str(err.value)
+
+
+def test_override_parsing():
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a=null") == ("a", None)
+    assert parse_override("text=图片中包含") == ("text", "图片中包含")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_override("novalue")
+    rest, overrides = split_cli_overrides(["c.yaml", "-o", "a=1", "-ob=2", "--override", "c=3"])
+    assert rest == ["c.yaml"] and overrides == ["a=1", "b=2", "c=3"]
+
+
+def test_every_shipped_config_loads():
+    configs = sorted(glob.glob(os.path.join(REPO, "packages", "configs", "*.yaml")))
+    assert len(configs) >= 4
+    for path in configs:
+        if os.path.basename(path) == "ernie_vil_base.yaml":
+            cfg = load_infer_config(path)
+            assert cfg.infer_batch_size == 10 and cfg.unk_token == 17963
+        else:
+            cfg = load_train_config(path)
+            assert cfg.data.batch_size >= 1 and cfg.schedule.max_steps >= 1
+
+
+def test_yaml_11_words_stay_strings_and_booleans_stay_true_false(tmp_path):
+    # YAML 1.1 reads off/on/yes/no as booleans: `amp.mode: off` would be False and fail the str check.
+    demo = os.path.join(REPO, "packages", "configs", "demo.yaml")
+    cfg = load_train_config(demo, ["amp.mode=off", "log.visualdl=false", "data.shuffle=True"])
+    assert cfg.amp.mode == "off" and cfg.log.visualdl is False and cfg.data.shuffle is True
+    path = write(tmp_path, "need: 1\nname: off\nflag: false\npath: yes\nnested: {spec: on}\n")
+    cfg = load_config(SCHEMA, path, ["mode=b"])
+    assert (cfg.name, cfg.flag, cfg.path, cfg.nested.spec) == ("off", False, "yes", "on")
+    with pytest.raises(ConfigError, match="'flag' must be bool, got 'no'"):  # booleans are true/false only
+        load_config(SCHEMA, path, ["flag=no"])
+
+
+def test_amp_mode_off_in_a_training_config_file(tmp_path):
+    demo = os.path.join(REPO, "packages", "configs", "demo.yaml")
+    text = open(demo, encoding="utf-8").read() + "\namp:\n  mode: off\n  level: O1\n"
+    cfg = load_train_config(write(tmp_path, text))
+    assert cfg.amp.mode == "off"
+
+
+def test_yaml_12_numbers():
+    assert parse_override("lr=1e-3") == ("lr", 0.001)  # YAML 1.1 would keep "1e-3" a string
+    assert parse_override("n=010") == ("n", 10)  # decimal, not octal
+    assert parse_override("x=1.5") == ("x", 1.5)
+    assert parse_override("host=127.0.0.1:8090") == ("host", "127.0.0.1:8090")
+    assert parse_override("t=1:20") == ("t", "1:20")  # not sexagesimal 80
