@@ -92,3 +92,18 @@ def spread(model, seed=0):
                 value = rng.normal(0, fan_in ** -0.5, shape)
             p.set_value(value.astype(np.float32))
     return model
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Inference-config overrides that point at a tiny model saved in tmp_path (the real vocabulary)."""
+    import json
+
+    from ernievil2.model.weights import save_weights
+    need_shared(VOCAB)
+    weights = save_weights(make_tiny_model(seed=5), str(tmp_path / "tiny.pdparams"))
+    text_json = tmp_path / "tiny_text.json"
+    text_json.write_text(json.dumps(TINY_TEXT))
+    return {"vocab_file": VOCAB, "init_from_params": weights, "text_model_config": str(text_json),
+            "vision_model": dict(TINY_VISION), "image_size": 32, "device": "cpu", "progress": False,
+            "num_workers": 0, "output_file": str(tmp_path / "out" / "emb.out")}

@@ -1,7 +1,6 @@
-"""ERNIE-ViL 2.0 in PaddlePaddle: dual-encoder model, tokenizer, data, losses, trainer, inference, evaluation.
-
-Submodules are imported on use so that light tools (the evaluator) do not pay for importing Paddle.
-"""
+"""ERNIE-ViL 2.0 in PaddlePaddle: `model = ernievil2.load(weights, vocab_file=...)`, then
+`model.encode_text([...])` / `model.encode_image([...])`.  Submodules load on use: light tools (the evaluator,
+worker processes) never import Paddle."""
 __version__ = "0.1.0"
 
 import warnings as _warnings
@@ -13,3 +12,11 @@ from .runtime import tune_math_libraries as _tune_math_libraries
 
 # Before Paddle's first matrix product (see runtime): MKL's fast path on AMD CPUs.
 _tune_math_libraries()
+
+
+def __getattr__(name):
+    """`ernievil2.load` and `ernievil2.Model` come from `ernievil2.api`, imported (with Paddle) on first use."""
+    if name in ("load", "Model"):
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'ernievil2' has no attribute {name!r}")

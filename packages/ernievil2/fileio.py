@@ -7,6 +7,9 @@ import os
 import re
 import shutil
 import socket
+import zipfile
+
+import numpy as np
 
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
 
@@ -80,3 +83,83 @@ def _remove(path):
     elif os.path.lexists(path):
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
+
+
+class NpzWriter:
+    """Streams rows of named columns into an `.npz` without holding them in memory: float32 matrices [N, D] and
+    unicode string vectors [N] go to raw parts beside the target, and `finish` copies them into the zip behind
+    .npy headers, atomically.  `np.load` reads the result like any `np.savez` file."""
+
+    def __init__(self, path, matrices=(), strings=()):
+        self.path = path
+        self.matrices, self.strings = tuple(matrices), tuple(strings)
+        self.parts = {name: temp_path_for(path, f".{name}") for name in self.matrices + self.strings}
+        self.files = {name: open(p, "wb") for name, p in self.parts.items()}
+        self.dims = dict.fromkeys(self.matrices)
+        self.longest = dict.fromkeys(self.strings, 1)
+        self.rows = 0
+
+    def add(self, **columns):
+        """One block of rows: every column, matrices as [n, D] arrays and strings as n str."""
+        counts = {name: len(value) for name, value in columns.items()}
+        if set(columns) != set(self.parts) or len(set(counts.values())) != 1:
+            raise ValueError(f"NpzWriter.add: expected {sorted(self.parts)} with one row count, got {counts}")
+        for name in self.matrices:
+            block = np.ascontiguousarray(columns[name], np.float32)
+            if self.dims[name] not in (None, block.shape[1]):
+                raise ValueError(f"NpzWriter.add: {name} has width {block.shape[1]}, earlier rows {self.dims[name]}")
+            self.dims[name] = block.shape[1]
+            self.files[name].write(block.tobytes())
+        for name in self.strings:
+            for text in columns[name]:
+                encoded = str(text).encode("utf-8")
+                self.files[name].write(len(encoded).to_bytes(4, "little") + encoded)
+                self.longest[name] = max(self.longest[name], len(str(text)))
+        self.rows += next(iter(counts.values()))
+
+    def finish(self, extra=None):
+        """Write the .npz (plus `extra`: {name: small array}) under its final name; returns the path."""
+        for f in self.files.values():
+            f.close()
+        with atomic_path(self.path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name in self.matrices:
+                _write_npy(zf, name, "<f4", (self.rows, self.dims[name] or 0), _chunks(self.parts[name]))
+            for name in self.strings:
+                _write_npy(zf, name, f"<U{self.longest[name]}", (self.rows,), self._strings(name))
+            for name, value in (extra or {}).items():
+                value = np.ascontiguousarray(value)
+                _write_npy(zf, name, value.dtype.str, value.shape, [value.tobytes()])
+        self.cleanup()
+        return self.path
+
+    def cleanup(self):
+        """Close and remove the parts (finish does; call it when giving up)."""
+        for name, path in self.parts.items():
+            self.files[name].close()
+            _remove(path)
+
+    def _strings(self, name, per_chunk=4096):
+        with open(self.parts[name], "rb") as f:
+            batch = []
+            while True:
+                head = f.read(4)
+                if head:
+                    batch.append(f.read(int.from_bytes(head, "little")).decode("utf-8"))
+                if len(batch) == per_chunk or (not head and batch):
+                    yield np.array(batch, dtype=f"<U{self.longest[name]}").tobytes()
+                    batch = []
+                if not head:
+                    return
+
+
+def _write_npy(zf, name, descr, shape, chunks):
+    with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
+        np.lib.format.write_array_header_2_0(out, {"descr": descr, "fortran_order": False, "shape": shape})
+        for chunk in chunks:
+            out.write(chunk)
+
+
+def _chunks(path, size=1 << 22):
+    with open(path, "rb") as f:
+        while block := f.read(size):
+            yield block

@@ -30,6 +30,7 @@ LAYERS = [
 ]
 BASE_MODULES = {TOP, f"{TOP}.errors", f"{TOP}.config", f"{TOP}.fileio", f"{TOP}.runtime"}
 ENTRY_POINTS = {f"{TOP}.__main__"}  # may import the CLI: it is the command line
+PUBLIC_FACE = {f"{TOP}.api"}  # what `ernievil2.load` & co. import, lazily, from the package's __init__
 NO_PADDLE = ("data", "eval")  # never import Paddle, not even lazily inside a function
 TYPED_INFER_OPTIONS = {"EngineOptions", "PipelineOptions", "OutputOptions"}
 
@@ -109,6 +110,8 @@ def check_layers(package_dir):
             target_layer = _layer(resolved)
             if target_layer == "cli" and layer != "cli" and module not in ENTRY_POINTS:
                 problems.append(f"{where}:{line}: imports the CLI layer ({resolved})")
+            elif module == TOP and resolved in PUBLIC_FACE and not at_top:
+                continue
             elif module not in ENTRY_POINTS and target_layer != layer and _rank(target_layer) >= _rank(layer):
                 problems.append(f"{where}:{line}: {layer}/ imports {resolved} ({target_layer} is not below "
                                 f"{layer})")

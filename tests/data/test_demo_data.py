@@ -59,11 +59,13 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_differs(small_set
     generate_demo_data(str(tmp_path / "again"), seed=3, **SMALL)
     generate_demo_data(str(tmp_path / "other"), seed=4, **SMALL)
     first, again, other = _files(out), _files(tmp_path / "again"), _files(tmp_path / "other")
-    assert sorted(first) == ["dev.tsv", "manifest.json", "scenes.jsonl", "test.tsv", "train.tsv", "vocab.txt"]
+    assert sorted(first) == ["dev.tsv", "manifest.json", "scenes.jsonl", "test.tsv", "train.tsv", "vocab.txt",
+                             "zeroshot_colours.tsv", "zeroshot_labels.txt", "zeroshot_templates.txt"]
     assert first == again
     for name in ("train.tsv", "dev.tsv", "test.tsv"):
         assert first[name] != other[name]
-    assert set(paths) == {"train", "dev", "test", "vocab", "scenes", "manifest"}
+    assert set(paths) == {"train", "dev", "test", "vocab", "scenes", "manifest", "zeroshot_images",
+                          "zeroshot_labels", "zeroshot_templates"}
 
 
 def test_a_split_does_not_change_when_another_split_grows(small_set, tmp_path):
@@ -238,3 +240,21 @@ def test_cli_writes_the_set_and_reports_bad_arguments(tmp_path):
     assert again.returncode == 0 and "up to date" in again.stdout
     failed = subprocess.run(run + ["--image-size", "8"], capture_output=True, text=True)
     assert failed.returncode == 2 and failed.stderr.startswith("error: image_size") and "Traceback" not in failed.stderr
+
+
+def test_zeroshot_files_label_single_colour_test_images(small_set):
+    out, paths = small_set
+    scenes = {s["image_id"]: s for s in map(json.loads, open(paths["scenes"], encoding="utf-8"))}
+    test_images = {row.image_id: row.image_b64 for row in _rows(paths["test"])}
+    labels = open(paths["zeroshot_labels"], encoding="utf-8").read().split()
+    assert labels == [f"{colour}色" for colour in COLOURS]
+    rows = [line.rstrip("\n").split("\t") for line in open(paths["zeroshot_images"], encoding="utf-8")]
+    assert rows and len(rows) <= len(test_images)
+    for label, image_id, b64 in rows:
+        assert {f"{g['colour']}色" for g in scenes[image_id]["groups"]} == {label}
+        assert b64 == test_images[image_id]
+    expected = {i for i, s in scenes.items() if s["split"] == "test" and len({g["colour"] for g in s["groups"]}) == 1}
+    assert {r[1] for r in rows} == expected
+    tokenizer = ErnieTokenizer.from_file(paths["vocab"])
+    templates = open(paths["zeroshot_templates"], encoding="utf-8").read().split()
+    assert not check_coverage(tokenizer, [t.format(label) for t in templates for label in labels])

@@ -1,4 +1,5 @@
-"""The demo end to end, shortened: data generation, multi-view training, run_infer.sh, eval_retri.py."""
+"""The demo end to end, shortened: data generation, multi-view training, run_infer.sh, eval_retri.py,
+zero-shot classification."""
 import json
 import subprocess
 import sys
@@ -13,6 +14,8 @@ def test_demo_trains_and_its_held_out_recall_is_far_above_chance(tmp_path):
         ["bash", "run_train.sh", "packages/configs/demo.yaml", "-o", f"output_dir={out}",
          "-o", f"data.train_file={data}/train.tsv", "-o", f"data.dev_file={data}/dev.tsv",
          "-o", f"data.test_file={data}/test.tsv", "-o", f"vocab_file={data}/vocab.txt",
+         "-o", f"zeroshot.images={data}/zeroshot_colours.tsv", "-o", f"zeroshot.labels={data}/zeroshot_labels.txt",
+         "-o", f"zeroshot.templates={data}/zeroshot_templates.txt",
          "-o", "schedule.max_steps=120", "-o", "schedule.eval_every=0", "-o", "log.progress=false"],
         cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -29,3 +32,8 @@ def test_demo_trains_and_its_held_out_recall_is_far_above_chance(tmp_path):
     assert metrics["image2text"]["R@5"] >= 20, metrics
     losses = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl", encoding="utf-8")]
     assert losses[-1] < losses[0] - 1.0
+    # Zero-shot colour classification of the single-colour test images: 8 classes, chance 12.5%.
+    predictions = [json.loads(line) for line in open(out / "zeroshot_predictions.jsonl", encoding="utf-8")]
+    assert len(predictions) >= 20 and "| all " in proc.stdout
+    top1 = sum(p["predictions"][0]["label"] == p["label"] for p in predictions) / len(predictions)
+    assert top1 >= 0.5, top1

@@ -1,7 +1,6 @@
 """run_infer.sh: golden parity with the official release, the official YAML, overrides, bad input under both
 policies, de-duplication and order, padding per batch, missing files."""
 import base64
-import json
 import os
 import subprocess
 
@@ -10,13 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, TINY_TEXT, TINY_VISION, VOCAB, make_tiny_model, need_shared
+from conftest import REPO, VOCAB, make_tiny_model
 from ernievil2.errors import BadRowError, InputError
 from ernievil2.eval.embedding_files import load_embeddings
 from ernievil2.infer.engines import EagerEncoder
 from ernievil2.infer.options import load_infer_config
 from ernievil2.infer.run import run_inference
-from ernievil2.model.weights import save_weights
 
 # The official ernie_vil_base.yaml, key for key.
 OFFICIAL_YAML = {"input_dtype": "int64", "device": "gpu", "infer_batch_size": 10, "max_text_seqlen": 48,
@@ -75,18 +73,6 @@ def jpeg_b64(seed, size=(40, 30), gray=False):
     if gray:
         img = img[:, :, 0]
     return base64.b64encode(cv2.imencode(".jpg", img)[1].tobytes()).decode()
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    """Overrides that point an inference config at a tiny model saved in tmp_path."""
-    need_shared(VOCAB)
-    weights = save_weights(make_tiny_model(seed=5), str(tmp_path / "tiny.pdparams"))
-    text_json = tmp_path / "tiny_text.json"
-    text_json.write_text(json.dumps(TINY_TEXT))
-    return {"vocab_file": VOCAB, "init_from_params": weights, "text_model_config": str(text_json),
-            "vision_model": dict(TINY_VISION), "image_size": 32, "device": "cpu", "progress": False,
-            "num_workers": 0, "output_file": str(tmp_path / "out" / "emb.out")}
 
 
 def config_for(tiny, test_file, **extra):

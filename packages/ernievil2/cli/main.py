@@ -6,6 +6,8 @@ COMMANDS = {
     "infer": ("infer", "main", "embed a TSV of text-image pairs (run_infer.sh)"),
     "train": ("train", "train_main", "train from a YAML config (run_train.sh)"),
     "launch-plan": ("train", "launch_plan_main", "how run_train.sh starts a config (used by it)"),
+    "embed": ("gallery", "embed_main", "embed an image folder/TSV or a list of texts into an .npz"),
+    "zeroshot": ("gallery", "zeroshot_main", "zero-shot image classification (accuracy for labelled TSVs)"),
     "eval": ("eval", "main", "Recall@K of an embeddings file (eval_retri.py)"),
     "convert": ("weights", "convert_main", "weights: official <-> PaddleNLP layout, .pdparams -> .safetensors"),
     "export": ("weights", "export_main", "export the towers for Paddle Inference"),

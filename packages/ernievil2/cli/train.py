@@ -3,6 +3,7 @@ import os
 
 from ..runtime import gpu_count
 from . import eval as eval_cli
+from . import gallery as gallery_cli
 from . import infer as infer_cli
 from .common import config_parser, guarded, parse_with_overrides
 
@@ -47,4 +48,14 @@ def embed_and_evaluate_test(trainer):
         return code
     embeddings = os.path.join(trainer.out_dir, "test_embeddings.out")
     print(f"python eval_retri.py {embeddings}", flush=True)
-    return eval_cli.main([embeddings])
+    code = eval_cli.main([embeddings])
+    zeroshot = trainer.cfg.zeroshot
+    if code or not (zeroshot.images and zeroshot.labels):
+        return code
+    predictions = os.path.join(trainer.out_dir, "zeroshot_predictions.jsonl")
+    args = [infer_yaml, "-o", f"device={device}", "-o", "progress=false", "-o", f"images={zeroshot.images}",
+            "-o", f"labels={zeroshot.labels}", "-o", f"output_file={predictions}"]
+    if zeroshot.templates:
+        args += ["-o", f"templates={zeroshot.templates}"]
+    print(f"python -m ernievil2 zeroshot {' '.join(args)}", flush=True)
+    return gallery_cli.zeroshot_main(args)

@@ -11,7 +11,7 @@ import cv2
 
 from ..errors import ConvertError, InputError
 from .images import DEFAULT_MAX_PIXELS, decode_base64, decode_image
-from .tsv import BadRow, BadRowPolicy, write_tsv
+from .tsv import BadRow, BadRowPolicy, text_lines, write_tsv
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".jp2", ".pbm", ".pgm",
                     ".ppm")
@@ -129,21 +129,6 @@ class _EncodedCache:
         return encoded
 
 
-def _decoded_lines(path):
-    """(line number, text) of the non-blank lines of a UTF-8 file; an undecodable line gives (n, None)."""
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte-order mark, as some editors write
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield line_no, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
-                continue
-            if text.strip():
-                yield line_no, text, None
-
-
 def _require_file(path, what):
     if not os.path.isfile(path):
         raise InputError(f"{path}: {what} not found")
@@ -164,7 +149,7 @@ def _write_rows(out_path, rows, summary):
 
 # ---- a folder of images plus a captions file ------------------------------------------------------
 def _jsonl_records(path):
-    for line_no, text, problem in _decoded_lines(path):
+    for line_no, text, problem in text_lines(path):
         if problem:
             yield line_no, None, problem
             continue

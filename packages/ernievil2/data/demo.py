@@ -16,7 +16,7 @@ from .tokenizer import ErnieTokenizer
 from .tsv import write_tsv
 from .vocab import build_vocab, check_coverage, write_vocab
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: zero-shot files (colours)
 
 # Well-separated hues so that JPEG and resizing cannot turn one colour into another.
 COLOURS = {
@@ -388,6 +388,25 @@ def generate_split(split, n_images, captions_per_image, seed=0, image_size=96, c
     return rows, scenes
 
 
+# Zero-shot classification of the test images' colours: the images whose groups all share one colour, labelled
+# with it (`红色`, ...); the prompts are the captions' own words, one per shape (an ensemble over shapes).
+ZEROSHOT_FILES = {"zeroshot_images": "zeroshot_colours.tsv", "zeroshot_labels": "zeroshot_labels.txt",
+                  "zeroshot_templates": "zeroshot_templates.txt"}
+ZEROSHOT_TEMPLATES = tuple(f"图中有一个{{}}的{shape}" for shape in SHAPES)
+
+
+def write_zeroshot_files(paths, test_rows, test_scenes):
+    """label \\t image_id \\t base64 rows (one per single-colour test image), the labels and the templates;
+    returns the number of rows."""
+    b64 = {image_id: image for _, image_id, image, _ in test_rows}
+    rows = [(f"{scene['groups'][0]['colour']}色", scene["image_id"], b64[scene["image_id"]])
+            for scene in test_scenes if len({g["colour"] for g in scene["groups"]}) == 1]
+    write_tsv(paths["zeroshot_images"], rows)
+    write_text_atomic(paths["zeroshot_labels"], "".join(f"{colour}色\n" for colour in COLOURS))
+    write_text_atomic(paths["zeroshot_templates"], "".join(f"{t}\n" for t in ZEROSHOT_TEMPLATES))
+    return len(rows)
+
+
 def _sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -444,6 +463,7 @@ def generate_demo_data(out_dir, seed=0, train_images=4000, dev_images=100, test_
     paths = {name: os.path.join(out_dir, f"{name}.tsv") for name in SPLITS}
     paths.update(vocab=os.path.join(out_dir, "vocab.txt"), scenes=os.path.join(out_dir, "scenes.jsonl"),
                  manifest=os.path.join(out_dir, "manifest.json"))
+    paths.update({name: os.path.join(out_dir, file) for name, file in ZEROSHOT_FILES.items()})
 
     counts = {"train": train_images, "dev": dev_images, "test": test_images}
     per_image = {"train": captions_per_train_image, "dev": captions_per_test_image, "test": captions_per_test_image}
@@ -461,7 +481,8 @@ def generate_demo_data(out_dir, seed=0, train_images=4000, dev_images=100, test_
     write_vocab(tokens, paths["vocab"])
     tokenizer = ErnieTokenizer.from_file(paths["vocab"])
     texts = [text for rows in all_rows.values() for row in rows for text in (row[0], row[3])]
-    uncovered = check_coverage(tokenizer, texts + [TAG_PROMPT])
+    prompts = [t.format(f"{colour}色") for t in ZEROSHOT_TEMPLATES for colour in COLOURS]
+    uncovered = check_coverage(tokenizer, texts + [TAG_PROMPT] + prompts)
     if uncovered:
         raise DemoDataError(f"internal error: the demo vocabulary misses tokens of {uncovered[0]!r}")
 
@@ -469,6 +490,7 @@ def generate_demo_data(out_dir, seed=0, train_images=4000, dev_images=100, test_
         write_tsv(paths[split], all_rows[split])
     write_text_atomic(paths["scenes"], "".join(json.dumps(s, ensure_ascii=False, sort_keys=True) + "\n"
                                          for s in all_scenes))
+    zeroshot_rows = write_zeroshot_files(paths, all_rows["test"], [s for s in all_scenes if s["split"] == "test"])
     manifest = {
         "generator": "ernievil2.demo_data", "version": GENERATOR_VERSION, "params": params,
         "format": "text \\t image_id \\t base64(JPEG) \\t object_tags (comma-separated)",
@@ -477,6 +499,9 @@ def generate_demo_data(out_dir, seed=0, train_images=4000, dev_images=100, test_
                          **({"rows": len(all_rows[name]), "images": counts[name]} if name in SPLITS else {})}
                   for name in (*SPLITS, "vocab", "scenes")},
     }
+    manifest["files"].update({name: {"file": file, "sha256": _sha256(paths[name])}
+                              for name, file in ZEROSHOT_FILES.items()})
+    manifest["files"]["zeroshot_images"]["rows"] = zeroshot_rows
     # Written last: an interrupted run leaves no manifest, so ensure_demo_data regenerates.
     write_text_atomic(paths["manifest"], json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
     return paths

@@ -26,11 +26,11 @@ class Row:
 @dataclass
 class BadRow:
     path: str
-    line: int
+    line: Optional[int]  # None for a whole file (an image of a folder gallery)
     reason: str
 
     def __str__(self):
-        return f"{self.path}:{self.line}: {self.reason}"
+        return f"{self.path}{'' if self.line is None else f':{self.line}'}: {self.reason}"
 
 
 def read_rows(path, max_columns=4):
@@ -83,14 +83,14 @@ class BadRowPolicy:
         self.skipped.append(bad)
 
     def reason_counts(self):
-        def kind(reason):  # group "found 2" and "found 5" under one heading
-            return reason.split(" (", 1)[0].split(", found", 1)[0]
+        def kind(reason):  # group "found 2" and "found 5", and every "bad image: ...", under one heading
+            return reason.split(" (", 1)[0].split(", found", 1)[0].split(": ", 1)[0]
         return collections.Counter(kind(b.reason) for b in self.skipped)
 
     def close(self):
         if self.log_path and self.skipped:
             # Sorted: row-level problems are found while reading ahead, image problems at compute time.
-            ordered = sorted(self.skipped, key=lambda b: (b.path, b.line))
+            ordered = sorted(self.skipped, key=lambda b: (b.path, b.line or 0))
             write_text_atomic(self.log_path, "".join(f"{b}\n" for b in ordered))
 
 
@@ -133,3 +133,19 @@ def expand_sources(spec, what="input"):
         else:
             raise InputError(f"{item}: {what} not found (a TSV file, a directory of *.tsv shards, or a glob)")
     return files
+
+
+def text_lines(path):
+    """(line number, text without its newline, problem) of the non-blank lines of a UTF-8 file; a line that is
+    not UTF-8 gives (line number, None, what is wrong) instead of failing the file."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark, as some editors write
+            raw = raw.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            try:
+                yield line_no, raw.decode("utf-8"), None
+            except UnicodeDecodeError as e:
+                yield line_no, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 
 from ..errors import EmbeddingFileError
-from ..fileio import atomic_path, temp_path_for
+from ..fileio import NpzWriter
 
 TEXT_FILE_CHECK = "text_file_check"  # sidecar array: [byte size, CRC-32] of the text file it is a copy of
 
@@ -52,85 +52,10 @@ def matching_sidecar(text_path):
         return None  # an unreadable sidecar is simply not used; the text file is parsed
 
 
-class SidecarWriter:
-    """Streams rows into an `.npz` (text [N, D], image [N, D], image_ids [N]) without holding them in memory:
-    rows go to raw temporary files, and `finish` copies them into the zip behind .npy headers."""
-
-    def __init__(self, path):
-        self.path = path
-        base = temp_path_for(path)  # hidden, beside the final file; removed by finish() or cleanup()
-        self.parts = {name: f"{base}.{name}" for name in ("text", "image", "ids")}
-        self.files = {name: open(p, "wb") for name, p in self.parts.items()}
-        self.rows = 0
-        self.dim = None
-        self.id_len = 1
-
-    def add(self, text_emb, image_emb, image_id):
-        """One row: text [D], image [D], its image id."""
-        self.add_rows(np.asarray(text_emb)[None], np.asarray(image_emb)[None], [image_id])
-
-    def add_rows(self, text, image, image_ids):
-        """Rows: text [n, D], image [n, D] and n image ids."""
-        self.dim = text.shape[-1]
-        self.files["text"].write(np.ascontiguousarray(text, np.float32).tobytes())
-        self.files["image"].write(np.ascontiguousarray(image, np.float32).tobytes())
-        for image_id in image_ids:
-            encoded = image_id.encode("utf-8")
-            self.files["ids"].write(len(encoded).to_bytes(4, "little") + encoded)
-            self.id_len = max(self.id_len, len(image_id))
-        self.rows += len(image_ids)
-
-    def finish(self, text_check=None):
-        """Assemble the .npz; with `text_check` ([byte size, CRC-32] of the finished text output) also record it,
-        which lets eval_retri.py read this binary copy instead of parsing that file."""
-        for f in self.files.values():
-            f.close()
-        with atomic_path(self.path) as tmp:
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for name in ("text", "image"):
-                    self._write_npy(zf, name, "<f4", (self.rows, self.dim or 0), self._copy(self.parts[name]))
-                self._write_npy(zf, "image_ids", f"<U{self.id_len}", (self.rows,), self._ids())
-                if text_check is not None:
-                    check = np.asarray(text_check, dtype="<i8")
-                    self._write_npy(zf, TEXT_FILE_CHECK, "<i8", (2,), [check.tobytes()])
-        self.cleanup()
-
-    def cleanup(self):
-        for name, p in self.parts.items():
-            self.files[name].close()
-            if os.path.exists(p):
-                os.remove(p)
-
-    @staticmethod
-    def _write_npy(zf, name, descr, shape, chunks):
-        with zf.open(f"{name}.npy", "w", force_zip64=True) as out:
-            np.lib.format.write_array_header_2_0(out, {"descr": descr, "fortran_order": False, "shape": shape})
-            for chunk in chunks:
-                out.write(chunk)
-
-    @staticmethod
-    def _copy(path, chunk=1 << 22):
-        with open(path, "rb") as f:
-            while True:
-                block = f.read(chunk)
-                if not block:
-                    return
-                yield block
-
-    def _ids(self, per_chunk=4096):
-        with open(self.parts["ids"], "rb") as f:
-            batch = []
-            while True:
-                head = f.read(4)
-                if head:
-                    batch.append(f.read(int.from_bytes(head, "little")).decode("utf-8"))
-                if len(batch) == per_chunk or (not head and batch):
-                    yield np.array(batch, dtype=f"<U{self.id_len}").tobytes()
-                    batch = []
-                if not head:
-                    return
-
-
+def sidecar_writer(path):
+    """A streaming writer of a sidecar's rows: `.add(text=[n, D], image=[n, D], image_ids=[n])`, then
+    `.finish(extra={TEXT_FILE_CHECK: [size, crc]})` or `.finish()`."""
+    return NpzWriter(path, matrices=("text", "image"), strings=("image_ids",))
 
 
 def save_sidecar(path, text, image, image_ids, text_file=None):
@@ -142,10 +67,10 @@ def save_sidecar(path, text, image, image_ids, text_file=None):
     if text.ndim != 2 or image.shape != text.shape or len(ids) != text.shape[0]:
         raise ValueError(f"sidecar needs text and image of one shape [N, D] and N image ids; got text "
                          f"{text.shape}, image {image.shape}, {len(ids)} ids")
-    writer = SidecarWriter(path)
+    writer = sidecar_writer(path)
     try:
-        writer.add_rows(text, image, ids)
-        writer.finish(text_check=text_file_check(text_file) if text_file else None)
+        writer.add(text=text, image=image, image_ids=ids)
+        writer.finish(extra={TEXT_FILE_CHECK: text_file_check(text_file)} if text_file else None)
     finally:
         writer.cleanup()
     return path

@@ -21,6 +21,15 @@ class EagerEncoder:
         self.model = model
         model.eval()
 
+    @property
+    def embed_dim(self):
+        return self.model.embed_dim
+
+    @property
+    def logit_scale(self):
+        """exp(t) of the model's temperature: zero-shot scores are cosine x this."""
+        return float(self.model.logit_scale().item())
+
     def encode_text(self, ids):
         with self.paddle.no_grad():
             return self.model.encode_text(self.paddle.to_tensor(ids, dtype="int64"), normalize=True).numpy()
@@ -61,6 +70,9 @@ def make_encoder(options):
     return EagerEncoder(load_model(options))
 
 
+EXPORT_CACHE_VERSION = 2  # bumped when exports gain something older ones lack (2: the logit scale)
+
+
 def export_cache_root():
     return os.environ.get("ERNIEVIL2_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ernievil2")
@@ -75,8 +87,8 @@ def cached_export(options):
     if options.text_model_config:
         with open(options.text_model_config, encoding="utf-8") as f:
             text_config = f.read()
-    key = json.dumps([weights, st.st_size, st.st_mtime_ns, options.vision_model, text_config, options.image_size],
-                     sort_keys=True, default=str)
+    key = json.dumps([EXPORT_CACHE_VERSION, weights, st.st_size, st.st_mtime_ns, options.vision_model, text_config,
+                      options.image_size], sort_keys=True, default=str)
     out_dir = os.path.join(export_cache_root(), "exported", hashlib.sha1(key.encode()).hexdigest()[:16])
     try:
         read_export_meta(out_dir)

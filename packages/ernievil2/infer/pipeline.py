@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.tsv import BadRow, read_rows
-from .workers import prepare_batch, start_pool
+from .workers import prefetched, prepare_batch, start_pool
 
 
 @dataclass
@@ -63,28 +63,19 @@ def _plan_batches(items, batch_size, scheduled, policy):
         yield _Plan(rows, keys, new_keys)
 
 
-def _prefetch(pool, plans, depth):
-    """Submit up to `depth` batches ahead to the pool, yielding (plan, prepared) in order."""
-    pending = collections.deque()
+def _jobs(plans):
+    """(plan, (its texts, the base64 of its new images)) per planned batch, for the workers."""
     for plan in plans:
         first_row = {k: r for r, k in zip(reversed(plan.rows), reversed(plan.keys))}
-        images = [first_row[k].image_b64 for k in plan.new_keys]
-        pending.append((plan, pool.apply_async(prepare_batch, ((
-            [r.text for r in plan.rows], images),))))
-        if len(pending) >= depth:
-            p, res = pending.popleft()
-            yield p, res.get()
-    while pending:
-        p, res = pending.popleft()
-        yield p, res.get()
+        yield plan, ([r.text for r in plan.rows], [first_row[k].image_b64 for k in plan.new_keys])
 
 
 def iter_embeddings(path, options, encoder, tokenizer, policy, stats, progress=None):
     """Yield (row, text_embedding, image_embedding) for every good row of the TSV `path`, in input order.
 
     Bad rows go to `policy`; `stats` (a Summary) receives the row and image counts.  Images are encoded per
-    planned batch; texts wait for `text_sort_window` rows, are batched by length (`_encode_texts`), and then
-    the window's rows are yielded in input order."""
+    planned batch; texts wait for `text_sort_window` rows, are batched by length (`encode_texts_by_length`),
+    and then the window's rows are yielded in input order."""
     pool = start_pool(options)
     depth = max(options.prefetch_batches, options.num_workers)
     scheduled = _LRU(options.image_cache_size)
@@ -96,7 +87,8 @@ def iter_embeddings(path, options, encoder, tokenizer, policy, stats, progress=N
     window = []  # (row, image key, token ids [L]) of rows whose texts are not encoded yet
 
     def flush():
-        text_emb = _encode_texts(encoder, [ids for _, _, ids in window], options.batch_size, tokenizer.pad_id)
+        token_ids = [ids for _, _, ids in window]
+        text_emb = encode_texts_by_length(encoder, token_ids, options.batch_size, tokenizer.pad_id)
         for (row, key, _), vec in zip(window, text_emb):
             embeddings.move_to_end(key)
             yield row, vec, embeddings[key]
@@ -107,7 +99,7 @@ def iter_embeddings(path, options, encoder, tokenizer, policy, stats, progress=N
 
     try:
         plans = _plan_batches(counted, options.batch_size, scheduled, policy)
-        for plan, (ids, pixels, errors) in _prefetch(pool, plans, depth):
+        for plan, (ids, pixels, errors) in prefetched(pool, prepare_batch, _jobs(plans), depth):
             _encode_new_images(plan, pixels, errors, encoder, embeddings, failed, stats)
             for i, (row, key) in enumerate(zip(plan.rows, plan.keys)):
                 if key in failed:
@@ -129,7 +121,7 @@ def iter_embeddings(path, options, encoder, tokenizer, policy, stats, progress=N
         stats.images_reused = stats.written - stats.images_encoded
 
 
-def _encode_texts(encoder, ids, batch_size, pad_id):
+def encode_texts_by_length(encoder, ids, batch_size, pad_id):
     """Embeddings of token-id rows (1-D, padded at the end with pad_id to any width), in the given order.  The
     rows are encoded in batches of similar length, each batch trimmed to its longest row: with captions of mixed
     lengths a batch in input order pads to its longest caption, and much of the text tower's work is padding."""

@@ -73,6 +73,12 @@ class PredictorEncoder:
             self._predictors[tower] = self._create(tower)
 
     @property
+    def logit_scale(self):
+        """exp(t) of the exported model's temperature, or None for an export older than this field."""
+        value = self.meta.get("logit_scale")
+        return None if value is None else float(value)
+
+    @property
     def towers(self):
         """The towers this encoder runs ("image", "text")."""
         return tuple(self._predictors)

@@ -13,7 +13,7 @@ import numpy as np
 from ..data.tokenizer import ErnieTokenizer
 from ..data.tsv import BadRowPolicy
 from ..errors import InputError
-from ..eval.sidecar import SidecarWriter, sidecar_path_for
+from ..eval.sidecar import TEXT_FILE_CHECK, sidecar_path_for, sidecar_writer
 from ..fileio import atomic_path, remove_stale_temps
 from .engines import make_encoder
 from .options import VOCAB_HELP, WEIGHTS_HELP, engine_options, output_options, pipeline_options
@@ -90,7 +90,7 @@ def run_inference(cfg, encoder=None):
     sidecar_path = sidecar_path_for(out_opts.output_file) if out_opts.write_sidecar else None
     if sidecar_path:
         remove_stale_temps(sidecar_path)
-    sidecar = SidecarWriter(sidecar_path) if sidecar_path else None
+    sidecar = sidecar_writer(sidecar_path) if sidecar_path else None
     progress = _progress(out_opts.progress)
     rows = iter_embeddings(out_opts.test_file, pipe_opts, encoder, tokenizer, policy, summary, progress)
     try:
@@ -101,9 +101,9 @@ def run_inference(cfg, encoder=None):
                 out.write(line)
                 size, crc = size + len(line), zlib.crc32(line, crc)
                 if sidecar:
-                    sidecar.add(text_emb, image_emb, row.image_id)
+                    sidecar.add(text=text_emb[None], image=image_emb[None], image_ids=[row.image_id])
             if sidecar:
-                sidecar.finish(text_check=(size, crc))
+                sidecar.finish(extra={TEXT_FILE_CHECK: np.array([size, crc], np.int64)})
                 summary.sidecar_file = sidecar_path
         policy.close()
     finally:

@@ -1,11 +1,12 @@
 """Worker-process side of the inference pipeline: tokenising texts and decoding + preprocessing images while
 the main process runs the model.  Spawned workers import this module (and so the package's `__init__`
 files) but never Paddle."""
+import collections
 import multiprocessing
 
 import numpy as np
 
-from ..data.images import decode_base64_image
+from ..data.images import decode_base64_image, decode_image
 from ..data.tokenizer import ErnieTokenizer
 from ..data.transforms import preprocess_eval
 
@@ -23,18 +24,37 @@ def prepare_batch(job):
     """job: (texts, images) where images is a list of base64 strings to decode (new images only).
     Returns (token ids [B, L] padded to the longest, pixels [n, 3, S, S], {image index: error reason})."""
     texts, images = job
+    ids = _WORKER_STATE["tokenizer"].batch_encode(texts, max_len=_WORKER_STATE["max_len"])
+    return (ids,) + prepare_images([(None, b64) for b64 in images])
+
+
+def prepare_images(sources):
+    """sources: [(file path, None) or (None, base64)] -> (pixels [n, 3, S, S], {index: error reason}); a bad
+    image gets zeros and its reason."""
     st = _WORKER_STATE
-    ids = st["tokenizer"].batch_encode(texts, max_len=st["max_len"])
-    pixels, errors = [], {}
     size = st["image_size"]
-    for i, b64 in enumerate(images):
+    pixels, errors = np.zeros((len(sources), 3, size, size), np.float32), {}
+    for i, (path, b64) in enumerate(sources):
         try:
-            pixels.append(preprocess_eval(decode_base64_image(b64, max_pixels=st["max_pixels"]), size))
+            rgb = _read_image(path, st["max_pixels"]) if path else decode_base64_image(b64, st["max_pixels"])
+            pixels[i] = preprocess_eval(rgb, size)
         except ValueError as e:
             errors[i] = str(e)
-            pixels.append(np.zeros((3, size, size), np.float32))
-    pix = np.stack(pixels) if pixels else np.zeros((0, 3, size, size), np.float32)
-    return ids, pix, errors
+    return pixels, errors
+
+
+def prepare_texts(texts):
+    """Token ids [B, L] of texts, padded to the longest."""
+    return _WORKER_STATE["tokenizer"].batch_encode(texts, max_len=_WORKER_STATE["max_len"])
+
+
+def _read_image(path, max_pixels):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read the file: {e.strerror or e}") from None
+    return decode_image(data, max_pixels=max_pixels)
 
 
 class InlinePool:
@@ -66,3 +86,17 @@ def start_pool(options):
     if options.num_workers > 0:
         return multiprocessing.get_context("spawn").Pool(options.num_workers, init_worker, initargs)
     return InlinePool(initargs)
+
+
+def prefetched(pool, fn, work, depth):
+    """For each (context, job) of `work`, run fn(job) in the pool up to `depth` jobs ahead of the consumer;
+    yield (context, result) in order."""
+    pending = collections.deque()
+    for context, job in work:
+        pending.append((context, pool.apply_async(fn, (job,))))
+        if len(pending) >= depth:
+            done, result = pending.popleft()
+            yield done, result.get()
+    while pending:
+        done, result = pending.popleft()
+        yield done, result.get()

@@ -77,6 +77,7 @@ def export_towers(model, out_dir, image_size=None, towers=TOWERS, extra_meta=Non
             "image_size": size, "pad_token_id": cfg.text.pad_token_id,
             "max_text_len": cfg.text.max_position_embeddings, "vocab_size": cfg.text.vocab_size,
             "normalized": True, "paddle_version": paddle.__version__, "towers": {},
+            "logit_scale": float(model.logit_scale().item()),
             "model_config": {"vision": cfg.vision.to_dict(), "text": cfg.text.to_dict()}}
     meta.update(extra_meta or {})
     was_training = model.training

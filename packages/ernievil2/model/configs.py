@@ -71,7 +71,8 @@ class TextConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known - _IGNORED_JSON_KEYS)
         if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; "
+                              f"expected some of {', '.join(sorted(known))}")
         return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod
@@ -136,6 +137,7 @@ def _vision_config(spec):
     known = set(VisionConfig.__dataclass_fields__)
     unknown = sorted(set(spec) - known)
     if unknown:
-        raise ConfigError(f"model.vision: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+        raise ConfigError(f"model.vision: unknown key(s) {', '.join(unknown)}; "
+                          f"expected some of {', '.join(sorted(known))}")
     values.update(spec)
     return VisionConfig(**values)

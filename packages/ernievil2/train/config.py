@@ -72,6 +72,9 @@ TRAIN_SCHEMA = {
     },
     "loss": LossConfig().to_dict(),
     "log": {"visualdl": True, "progress": True},
+    # After training (with a test_file): zero-shot classification of `images` (label \t image_id \t base64 for
+    # accuracy) into `labels`, with `templates` (null: the built-in Chinese prompts).
+    "zeroshot": {"images": Field(None, type=str), "labels": Field(None, type=str), "templates": Field(None, type=str)},
 }
 
 

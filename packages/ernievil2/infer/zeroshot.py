@@ -1,0 +1,188 @@
+"""`python -m ernievil2 zeroshot`: zero-shot image classification with prompt templates (the CLIP recipe).
+
+A class's vector is the L2-normalised mean of its L2-normalised prompt embeddings; an image's scores are its
+cosine with each class vector times the model's logit scale, through a softmax.  Images come from a gallery
+source; a TSV with a label column first (`label \\t image_id \\t base64`) also yields accuracy.
+"""
+import collections
+import json
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import Field, load_config
+from ..data.prompts import ZEROSHOT_TEMPLATES, read_labels, read_templates
+from ..data.sources import image_items
+from ..data.tokenizer import ErnieTokenizer
+from ..data.tsv import BadRow, BadRowPolicy
+from ..errors import ConfigError, InputError
+from ..fileio import atomic_path, remove_stale_temps
+from .engines import make_encoder
+from .gallery import GallerySummary, batched, iter_image_embeddings
+from .options import INFER_SCHEMA, engine_options, pipeline_options
+from .pipeline import encode_texts_by_length
+
+FALLBACK_LOGIT_SCALE = 100.0  # CLIP's clamp, for exports that predate the recorded scale
+ZEROSHOT_SCHEMA = {
+    **INFER_SCHEMA, "test_file": Field(None, type=str),
+    "images": Field(None, type=str, doc="a folder, an image_id \\t base64 TSV, or label \\t image_id \\t base64"),
+    "labels": Field(None, type=str, doc="one class name per line"),
+    "templates": Field(None, type=str, doc="one prompt per line with {} for the class name; null: built-in set"),
+    "top_k": 5,
+}
+
+
+def load_zeroshot_config(path, overrides=()):
+    cfg = load_config(ZEROSHOT_SCHEMA, path, overrides)
+    source = path or "<config>"
+    for key in ("images", "labels"):
+        if not cfg[key]:
+            raise ConfigError(f"{source}: '{key}' is not set (-o {key}=...)")
+    if not cfg.output_file.endswith(".jsonl"):
+        raise ConfigError(f"{source}: 'output_file' must end in .jsonl for zeroshot, got {cfg.output_file!r} "
+                          f"(add -o output_file=PRED.jsonl)")
+    if cfg.top_k < 1:
+        raise ConfigError(f"{source}: 'top_k' must be >= 1, got {cfg.top_k}")
+    return cfg
+
+
+def class_embeddings(encoder, tokenizer, labels, templates=ZEROSHOT_TEMPLATES, max_len=48, batch_size=32):
+    """[C, D] class vectors: per label, the L2-normalised mean of its prompts' (L2-normalised) embeddings."""
+    prompts = [template.format(label) for label in labels for template in templates]
+    ids = [np.asarray(tokenizer.encode(p, max_len), np.int64) for p in prompts]
+    vectors = encode_texts_by_length(encoder, ids, batch_size, tokenizer.pad_id).astype(np.float64)
+    means = vectors.reshape(len(labels), len(templates), -1).mean(axis=1)
+    return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+
+
+def classify(image_embeddings, class_vectors, logit_scale, top_k=5):
+    """(indices [N, k], probabilities [N, k]) of the k most probable classes per image, best first; ties go to
+    the class listed first."""
+    logits = logit_scale * (np.asarray(image_embeddings, np.float64) @ np.asarray(class_vectors, np.float64).T)
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    k = min(top_k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probs, order, axis=1)
+
+
+@dataclass
+class ZeroShotSummary:
+    images: int = 0
+    classified: int = 0
+    seconds: float = 0.0
+    skipped: dict = field(default_factory=dict)
+    output_file: str = ""
+    bad_row_log: str = ""
+    labels: list = field(default_factory=list)
+    top1: collections.Counter = field(default_factory=collections.Counter)  # per true label: correct at 1
+    top5: collections.Counter = field(default_factory=collections.Counter)
+    seen: collections.Counter = field(default_factory=collections.Counter)  # per true label: images
+
+    @property
+    def labelled(self):
+        return sum(self.seen.values()) > 0
+
+    def accuracy(self):
+        """{"top1": %, "top5": %, "images": n, "per_class": {label: {"images", "top1", "top5"}}} (labelled)."""
+        n = sum(self.seen.values())
+        per_class = {label: {"images": self.seen[label], "top1": _pct(self.top1[label], self.seen[label]),
+                             "top5": _pct(self.top5[label], self.seen[label])}
+                     for label in self.labels if self.seen[label]}
+        return {"images": n, "top1": _pct(sum(self.top1.values()), n), "top5": _pct(sum(self.top5.values()), n),
+                "per_class": per_class}
+
+    def lines(self):
+        out = [f"images read: {self.images}, classified: {self.classified}, skipped: {sum(self.skipped.values())}",
+               f"time: {self.seconds:.1f} s", f"predictions: {self.output_file}"]
+        out += [f"  skipped {count} image(s): {reason}" for reason, count in sorted(self.skipped.items())]
+        if self.bad_row_log:
+            out.append(f"skipped images listed in {self.bad_row_log}")
+        if self.labelled:
+            out += ["", format_accuracy(self.accuracy())]
+        return out
+
+
+def format_accuracy(acc):
+    """Top-1 / top-5 accuracy and a per-class table (github-style, like eval_retri.py's)."""
+    rows = [["all", str(acc["images"]), f"{acc['top1']:.2f}", f"{acc['top5']:.2f}"]]
+    rows += [[label, str(c["images"]), f"{c['top1']:.2f}", f"{c['top5']:.2f}"] for label, c in acc["per_class"].items()]
+    headers = ["Class", "Images", "Top-1", "Top-5"]
+    widths = [max(len(h) + 2, *(_width(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "| " + " | ".join(c + " " * (w - _width(c)) if i == 0 else " " * (w - _width(c)) + c
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), rule] + [line(r) for r in rows])
+
+
+def run_zeroshot(cfg, encoder=None):
+    """The `zeroshot` command (cfg from load_zeroshot_config); `encoder` (tests) replaces the configured one."""
+    start = time.time()
+    labels = read_labels(cfg.labels)
+    templates = read_templates(cfg.templates) if cfg.templates else ZEROSHOT_TEMPLATES
+    items = image_items(cfg.images, labelled=True)
+    tokenizer = ErnieTokenizer.from_file(cfg.vocab_file)
+    encoder = encoder or make_encoder(engine_options(cfg))
+    options = pipeline_options(cfg)
+    vectors = class_embeddings(encoder, tokenizer, labels, templates, cfg.max_text_seqlen, options.batch_size)
+    scale = encoder.logit_scale
+    if scale is None:
+        print(f"warning: this export does not record the model's logit scale; scores use {FALLBACK_LOGIT_SCALE} "
+              f"(rankings and accuracy are unaffected; export again to record it)", file=sys.stderr)
+        scale = FALLBACK_LOGIT_SCALE
+    remove_stale_temps(cfg.output_file)
+    policy = BadRowPolicy(options.on_bad_row, cfg.bad_row_log or f"{cfg.output_file}.skipped.txt")
+    summary = ZeroShotSummary(output_file=cfg.output_file, labels=labels)
+    stats = GallerySummary()
+    known = set(labels)
+    with atomic_path(cfg.output_file) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        embedded = iter_image_embeddings(_checked_labels(items, known, cfg.labels), options, encoder, policy,
+                                         stats)
+        for block in batched(embedded, 256):
+            order, probs = classify(np.stack([v for _, v in block]), vectors, scale, cfg.top_k)
+            for (item, _), best, p in zip(block, order, probs):
+                _record(summary, item, [labels[i] for i in best])
+                record = {"image_id": item.id, "predictions": [{"label": labels[i], "score": round(float(q), 6)}
+                                                               for i, q in zip(best, p)]}
+                if item.label is not None:
+                    record["label"] = item.label
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if stats.embedded == 0:
+            raise InputError(f"{cfg.images}: no usable images to classify")
+    policy.close()
+    summary.images, summary.classified = stats.items, stats.embedded
+    summary.skipped = dict(policy.reason_counts())
+    summary.bad_row_log = policy.log_path if policy.skipped else ""
+    summary.seconds = time.time() - start
+    return summary
+
+
+def _checked_labels(items, known, labels_path):
+    """Items unchanged; a labelled row whose label is not a class is an error naming its line."""
+    for item in items:
+        if not isinstance(item, BadRow) and item.label is not None and item.label not in known:
+            raise InputError(f"{item.where}: label {item.label!r} is not one of the classes in {labels_path}")
+        yield item
+
+
+def _record(summary, item, predicted):
+    if item.label is None:
+        return
+    summary.seen[item.label] += 1
+    summary.top1[item.label] += predicted[0] == item.label
+    summary.top5[item.label] += item.label in predicted[:5]
+
+
+def _pct(count, n):
+    return round(100.0 * count / n, 2) if n else 0.0
+
+
+def _width(text):
+    """Display width: wide (CJK) characters take two columns in a terminal."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
