@@ -14,6 +14,12 @@ if PADDLE_DIST not in ("paddlepaddle", "paddlepaddle-gpu"):
     raise SystemExit(f"ERNIEVIL2_PADDLE must be paddlepaddle or paddlepaddle-gpu, got {PADDLE_DIST!r}")
 
 
+# Optional: `pip install -e ".[search]"` (faiss index, HTTP service), `".[milvus]"` (Milvus and Milvus Lite).
+# Both install beside the core pins (pip check is clean); the tests use them, so the test extra includes them.
+SEARCH = ["faiss-cpu>=1.8", "fastapi>=0.100", "uvicorn>=0.20", "python-multipart>=0.0.9", "httpx>=0.24"]
+MILVUS = ["pymilvus>=2.4.2", "milvus-lite>=2.4.0"]
+
+
 def read_requirements():
     here = os.path.dirname(os.path.abspath(__file__))
     reqs = []
@@ -35,6 +41,7 @@ setup(
     python_requires=">=3.9",
     package_dir={"": "packages"},
     packages=find_packages("packages"),
+    package_data={"ernievil2.serve": ["page.html"]},
     install_requires=read_requirements(),
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"search": SEARCH, "milvus": MILVUS, "test": ["pytest>=7", "selenium>=4.10", *SEARCH, *MILVUS]},
 )

@@ -127,8 +127,8 @@ class NpzWriter:
             for name in self.strings:
                 _write_npy(zf, name, f"<U{self.longest[name]}", (self.rows,), self._strings(name))
             for name, value in (extra or {}).items():
-                value = np.ascontiguousarray(value)
-                _write_npy(zf, name, value.dtype.str, value.shape, [value.tobytes()])
+                value = np.asarray(value)  # (ascontiguousarray would make a 0-d array 1-d)
+                _write_npy(zf, name, value.dtype.str, value.shape, [value.tobytes(order="C")])
         self.cleanup()
         return self.path
 

@@ -37,3 +37,7 @@ def test_demo_trains_and_its_held_out_recall_is_far_above_chance(tmp_path):
     assert len(predictions) >= 20 and "| all " in proc.stdout
     top1 = sum(p["predictions"][0]["label"] == p["label"] for p in predictions) / len(predictions)
     assert top1 >= 0.5, top1
+    # ... and a search index over the test images, queried with the config's two queries (top 3 each).
+    assert (out / "search_index" / "manifest.json").exists()
+    ranked = [line for line in proc.stdout.splitlines() if line.lstrip().startswith(("1  ", "2  ", "3  "))]
+    assert len(ranked) == 6 and all("test_" in line for line in ranked), proc.stdout[-3000:]

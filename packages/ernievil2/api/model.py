@@ -39,6 +39,15 @@ def load(weights=None, vocab_file=None, device="auto", engine="auto", precision=
     return Model(make_encoder(options), ErnieTokenizer.from_file(vocab_file), image_size, max_text_len)
 
 
+def model_from_config(cfg):
+    """The Model an inference config (infer.options) describes: its weights, engine, device and precision."""
+    from ..infer.options import engine_options
+    if not os.path.isfile(cfg.vocab_file):
+        raise InputError(f"vocab_file: file not found: {cfg.vocab_file}. {VOCAB_HELP}")
+    return Model(make_encoder(engine_options(cfg)), ErnieTokenizer.from_file(cfg.vocab_file), cfg.image_size,
+                 cfg.max_text_seqlen, cfg.max_image_pixels)
+
+
 class Model:
     """Texts and images -> L2-normalised float32 embeddings [N, D] (one row per input, in order)."""
 

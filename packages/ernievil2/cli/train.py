@@ -4,6 +4,7 @@ import os
 from ..runtime import gpu_count
 from . import eval as eval_cli
 from . import gallery as gallery_cli
+from . import search as search_cli
 from . import infer as infer_cli
 from .common import config_parser, guarded, parse_with_overrides
 
@@ -50,12 +51,30 @@ def embed_and_evaluate_test(trainer):
     print(f"python eval_retri.py {embeddings}", flush=True)
     code = eval_cli.main([embeddings])
     zeroshot = trainer.cfg.zeroshot
-    if code or not (zeroshot.images and zeroshot.labels):
-        return code
-    predictions = os.path.join(trainer.out_dir, "zeroshot_predictions.jsonl")
-    args = [infer_yaml, "-o", f"device={device}", "-o", "progress=false", "-o", f"images={zeroshot.images}",
-            "-o", f"labels={zeroshot.labels}", "-o", f"output_file={predictions}"]
-    if zeroshot.templates:
-        args += ["-o", f"templates={zeroshot.templates}"]
-    print(f"python -m ernievil2 zeroshot {' '.join(args)}", flush=True)
-    return gallery_cli.zeroshot_main(args)
+    if not code and zeroshot.images and zeroshot.labels:
+        predictions = os.path.join(trainer.out_dir, "zeroshot_predictions.jsonl")
+        args = [infer_yaml, "-o", f"device={device}", "-o", "progress=false", "-o", f"images={zeroshot.images}",
+                "-o", f"labels={zeroshot.labels}", "-o", f"output_file={predictions}"]
+        if zeroshot.templates:
+            args += ["-o", f"templates={zeroshot.templates}"]
+        print(f"python -m ernievil2 zeroshot {' '.join(args)}", flush=True)
+        code = gallery_cli.zeroshot_main(args)
+    if not code and trainer.cfg.search.queries:
+        code = _search_test_images(trainer, infer_yaml, device)
+    return code
+
+
+def _search_test_images(trainer, infer_yaml, device):
+    """An index over the test images (from run_infer's sidecar), then the top 3 for each configured query."""
+    index_dir = os.path.join(trainer.out_dir, "search_index")
+    sidecar = os.path.join(trainer.out_dir, "test_embeddings.npz")
+    args = ["build", sidecar, index_dir, "--gallery", trainer.cfg.data.test_file]
+    print(f"python -m ernievil2 index {' '.join(args)}", flush=True)
+    code = search_cli.index_main(args)
+    for query in trainer.cfg.search.queries:
+        if code:
+            break
+        print(f"python -m ernievil2 search {infer_yaml} {index_dir} --text {query} -k 3", flush=True)
+        code = search_cli.search_main([infer_yaml, index_dir, "--text", str(query), "-k", "3",
+                                       "-o", f"device={device}"])
+    return code

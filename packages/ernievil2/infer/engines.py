@@ -5,11 +5,12 @@ import json
 import os
 import sys
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..interop.convert import load_any_layout
 from ..interop.export import export_towers, read_export_meta
 from ..model.dual_encoder import build_model
 from ..runtime import resolve_device, set_cpu_threads
+from .options import WEIGHTS_HELP
 
 
 class EagerEncoder:
@@ -61,6 +62,9 @@ def make_encoder(options):
     if options.precision != "fp32" and (engine != "paddle_inference" or device != "cpu"):
         raise ConfigError(f"precision {options.precision} is for engine paddle_inference on the CPU (this run: "
                           f"engine {engine} on {device}); use precision fp32")
+    needs_weights = engine == "eager" or not options.inference_model_dir
+    if needs_weights and not (options.weights and os.path.isfile(options.weights)):
+        raise InputError(f"init_from_params: file not found: {options.weights}. {WEIGHTS_HELP}")
     if engine == "paddle_inference":
         from .predictor import PredictorEncoder
         model_dir = options.inference_model_dir or cached_export(options)

@@ -1,19 +1,21 @@
 """`python -m ernievil2 embed`: embed an image gallery (a folder or an `image_id \\t base64` TSV) or a list of
 text queries (a text file or JSONL) into OUT.npz: `ids`, `embeddings` (float32 [N, D], L2-normalised) and, for
 texts, `texts`.  Streaming with bounded memory, worker processes and the bad-row policy of run_infer.sh."""
+import json
+import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import Field, load_config
+from ..config import Field
 from ..data.sources import image_items, text_items
 from ..data.tokenizer import ErnieTokenizer
 from ..data.tsv import BadRow, BadRowPolicy
 from ..errors import ConfigError, InputError
 from ..fileio import NpzWriter, remove_stale_temps
 from .engines import make_encoder
-from .options import INFER_SCHEMA, engine_options, pipeline_options
+from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
 from .workers import prefetched, prepare_images, prepare_texts, start_pool
 
@@ -21,17 +23,16 @@ GALLERY_KEYS = {
     "images": Field(None, type=str, doc="a folder of images (recursive) or an image_id \\t base64 TSV"),
     "texts": Field(None, type=str, doc="a text file (one query per line) or JSONL with text_id and text"),
 }
-# run_infer.sh's schema with the gallery sources; test_file (the pairs input) is not needed here.
-EMBED_SCHEMA = {**INFER_SCHEMA, "test_file": Field(None, type=str), **GALLERY_KEYS}
+EMBED_SCHEMA = {**QUERY_SCHEMA, **GALLERY_KEYS}
 
 
 def load_embed_config(path, overrides=()):
     """An inference YAML with `images` or `texts` and an .npz output_file."""
-    cfg = load_config(EMBED_SCHEMA, path, overrides)
+    cfg = load_query_config(path, overrides, EMBED_SCHEMA)
     source = path or "<config>"
     if (cfg.images is None) == (cfg.texts is None):
         raise ConfigError(f"{source}: set exactly one of 'images' or 'texts' (-o images=SRC or -o texts=SRC)")
-    if not cfg.output_file.endswith(".npz"):
+    if not (cfg.output_file or "").endswith(".npz"):
         raise ConfigError(f"{source}: 'output_file' must end in .npz for embed, got {cfg.output_file!r} "
                           f"(add -o output_file=OUT.npz)")
     return cfg
@@ -127,7 +128,7 @@ def run_embed(cfg, encoder=None):
             writer.add(**columns)
         if summary.embedded == 0:
             raise InputError(f"{src}: nothing to embed (no usable {kind})")
-        writer.finish()
+        writer.finish(extra={"provenance": np.array(json.dumps(provenance(cfg, kind, encoder)))})
         policy.close()
     finally:
         progress.close()
@@ -136,6 +137,17 @@ def run_embed(cfg, encoder=None):
     summary.bad_row_log = policy.log_path if policy.skipped else ""
     summary.seconds = time.time() - start
     return summary
+
+
+def provenance(cfg, kind, encoder):
+    """What made these embeddings: kept in the .npz, and in the manifest of an index built from it."""
+    def absolute(path):
+        return os.path.abspath(path) if path else None
+    return {"kind": kind, "source": absolute(cfg.images or cfg.texts), "weights": absolute(cfg.init_from_params),
+            "inference_model_dir": absolute(cfg.inference_model_dir), "vision_model": cfg.vision_model,
+            "text_model_config": absolute(cfg.text_model_config), "image_size": cfg.image_size,
+            "max_text_seqlen": cfg.max_text_seqlen, "engine": cfg.engine, "precision": cfg.precision,
+            "embed_dim": int(encoder.embed_dim)}
 
 
 def _counted(items, policy, summary):

@@ -53,9 +53,9 @@ INFER_SCHEMA = {
 }
 
 
-def load_infer_config(path, overrides=()):
+def load_infer_config(path, overrides=(), schema=INFER_SCHEMA):
     """An inference YAML (official keys + ours) with `-o key=value` overrides, checked."""
-    cfg = load_config(INFER_SCHEMA, path, overrides)
+    cfg = load_config(schema, path, overrides)
     for key in ("infer_batch_size", "max_text_seqlen", "image_size", "image_cache_size", "prefetch_batches",
                 "text_sort_window"):
         if cfg[key] < 1:
@@ -63,6 +63,16 @@ def load_infer_config(path, overrides=()):
     if cfg.max_text_seqlen < 3:
         raise ConfigError(f"{path}: 'max_text_seqlen' must leave room for [CLS] and [SEP], got {cfg.max_text_seqlen}")
     return cfg
+
+
+# The commands that embed something other than run_infer.sh's pairs file (embed, zeroshot, search, serve) take
+# the same YAML; test_file and output_file are then optional.
+QUERY_SCHEMA = {**INFER_SCHEMA, "test_file": Field(None, type=str), "output_file": Field(None, type=str)}
+
+
+def load_query_config(path, overrides=(), schema=QUERY_SCHEMA):
+    """An inference YAML for a command that does not read test_file (its own keys in `schema`)."""
+    return load_infer_config(path, overrides, schema)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import Field, load_config
+from ..config import Field
 from ..data.prompts import ZEROSHOT_TEMPLATES, read_labels, read_templates
 from ..data.sources import image_items
 from ..data.tokenizer import ErnieTokenizer
@@ -22,12 +22,12 @@ from ..errors import ConfigError, InputError
 from ..fileio import atomic_path, remove_stale_temps
 from .engines import make_encoder
 from .gallery import GallerySummary, batched, iter_image_embeddings
-from .options import INFER_SCHEMA, engine_options, pipeline_options
+from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
 
 FALLBACK_LOGIT_SCALE = 100.0  # CLIP's clamp, for exports that predate the recorded scale
 ZEROSHOT_SCHEMA = {
-    **INFER_SCHEMA, "test_file": Field(None, type=str),
+    **QUERY_SCHEMA,
     "images": Field(None, type=str, doc="a folder, an image_id \\t base64 TSV, or label \\t image_id \\t base64"),
     "labels": Field(None, type=str, doc="one class name per line"),
     "templates": Field(None, type=str, doc="one prompt per line with {} for the class name; null: built-in set"),
@@ -36,12 +36,12 @@ ZEROSHOT_SCHEMA = {
 
 
 def load_zeroshot_config(path, overrides=()):
-    cfg = load_config(ZEROSHOT_SCHEMA, path, overrides)
+    cfg = load_query_config(path, overrides, ZEROSHOT_SCHEMA)
     source = path or "<config>"
     for key in ("images", "labels"):
         if not cfg[key]:
             raise ConfigError(f"{source}: '{key}' is not set (-o {key}=...)")
-    if not cfg.output_file.endswith(".jsonl"):
+    if not (cfg.output_file or "").endswith(".jsonl"):
         raise ConfigError(f"{source}: 'output_file' must end in .jsonl for zeroshot, got {cfg.output_file!r} "
                           f"(add -o output_file=PRED.jsonl)")
     if cfg.top_k < 1:

@@ -75,6 +75,9 @@ TRAIN_SCHEMA = {
     # After training (with a test_file): zero-shot classification of `images` (label \t image_id \t base64 for
     # accuracy) into `labels`, with `templates` (null: the built-in Chinese prompts).
     "zeroshot": {"images": Field(None, type=str), "labels": Field(None, type=str), "templates": Field(None, type=str)},
+    # After training (with a test_file): a search index over the test images (output_dir/search_index) and the
+    # top 3 images for each of these text queries.
+    "search": {"queries": Field([], type=list)},
 }
 
 

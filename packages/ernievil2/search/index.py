@@ -1,0 +1,246 @@
+"""A search index over embedded galleries: faiss (`flat` exact inner product, `hnsw`, `ivf_pq`) in a directory
+with the ids, optional metadata and a manifest, or the same vectors in Milvus (`backends`).
+
+INDEX_DIR/manifest.json: kind, backend, count, dimension, the provenance of the embeddings (model, source),
+search parameters, and for approximate kinds the recall@10 measured against exact search at build time.
+INDEX_DIR is written under a temporary name and renamed: it is never half-written.
+"""
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from ..fileio import remove_stale_temps, temp_path_for, write_text_atomic
+from .backends import FaissStore, open_store
+from .gallery_access import GalleryReader, describe_gallery, tsv_offsets
+from .gallery_file import read_gallery
+
+MANIFEST = "manifest.json"
+FORMAT = "ernievil2-search-index"
+FORMAT_VERSION = 1
+KINDS = ("flat", "hnsw", "ivf_pq")
+RECALL_K = 10
+TIE_MARGIN = 16  # extra candidates fetched so that results tied at the k-th score are ordered by id
+
+
+def build_index(embeddings, index_dir, kind="flat", metadata=None, queries=None, min_recall=None,
+                target_recall=0.95, backend="faiss", uri=None, gallery=None, sample=1000, seed=0, log=print):
+    """Build INDEX_DIR from an embeddings .npz (see gallery_file.read_gallery); returns the manifest.
+
+    metadata: a file of per-id metadata (`id \\t text` lines or JSONL with "id"); default the texts of an embed
+    output of texts, or the first caption of each image in a pairs-TSV gallery.
+    queries: an `embed` output of texts whose vectors also measure recall.  For approximate kinds the search
+    parameter (hnsw efSearch, ivf_pq nprobe) is the smallest whose recall@10 reaches target_recall (or the
+    largest tried); min_recall makes the build fail below it.  gallery: the folder or TSV of the images, for
+    thumbnails (default: the images source an `embed` output records)."""
+    if kind not in KINDS:
+        raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if backend == "milvus" and kind != "flat":
+        raise ConfigError("the milvus backend stores exact (flat) indexes here; use --kind flat")
+    ids, vectors, meta, provenance = read_gallery(embeddings)
+    gallery = gallery or (provenance.get("source") if provenance.get("kind") == "images" else None)
+    gallery = describe_gallery(gallery) if gallery else None
+    offsets = None
+    if gallery and gallery["kind"] == "tsv":
+        offsets, captions = tsv_offsets(gallery["path"], ids)
+        meta = meta or (captions if any(c is not None for c in captions) else None)  # a pairs TSV's captions
+    if metadata:
+        meta = read_metadata(metadata, ids)
+    query_sets = _query_sets(vectors, queries, sample, seed)
+    start = time.perf_counter()
+    store = (FaissStore.build(kind, vectors, seed=seed) if backend == "faiss"
+             else open_store("milvus", uri=uri, collection=_collection_name(index_dir), dim=vectors.shape[1],
+                             create_with=(ids, vectors)))
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "backend": backend,
+                "count": len(ids), "dim": int(vectors.shape[1]), "embeddings": os.path.abspath(embeddings),
+                "provenance": provenance, "gallery": gallery, "build_seconds": round(time.perf_counter() - start, 3)}
+    if backend == "milvus":
+        manifest.update(uri=uri, collection=_collection_name(index_dir))
+    if kind != "flat":
+        manifest["search_params"], manifest["recall_at_10"] = _tune(store, vectors, query_sets, target_recall, log)
+        store.set_params(manifest["search_params"])
+        worst = min(manifest["recall_at_10"].values())
+        if min_recall is not None and worst < min_recall:
+            raise InputError(f"{embeddings}: recall@10 of the {kind} index is {worst:.4f} "
+                             f"({_describe(manifest['recall_at_10'])}), below --min-recall {min_recall}; "
+                             f"nothing was written")
+    _write(index_dir, store, ids, meta, manifest, offsets)
+    return manifest
+
+
+class SearchIndex:
+    """A built index: `search(vectors [q, D], k)` -> per query a list of (id, score, metadata), best first."""
+
+    def __init__(self, index_dir):
+        self.dir = index_dir
+        self.manifest = read_manifest(index_dir)
+        with open(os.path.join(index_dir, "ids.json"), encoding="utf-8") as f:
+            self.ids = json.load(f)
+        self.metadata = _read_jsonl(os.path.join(index_dir, "metadata.jsonl"))
+        if self.manifest["backend"] == "faiss":
+            self.store = FaissStore.load(os.path.join(index_dir, "index.faiss"), self.manifest)
+        else:
+            self.store = open_store("milvus", uri=self.manifest["uri"], collection=self.manifest["collection"],
+                                    dim=self.manifest["dim"])
+        self.store.set_params(self.manifest.get("search_params") or {})
+
+    def gallery_reader(self):
+        """A GalleryReader for thumbnails, or None when the index records no gallery."""
+        gallery = self.manifest.get("gallery")
+        if not gallery:
+            return None
+        offsets_file = os.path.join(self.dir, "gallery_offsets.npy")
+        offsets = np.load(offsets_file) if os.path.isfile(offsets_file) else None
+        return GalleryReader(gallery, self.ids, offsets)
+
+    @property
+    def dim(self):
+        return self.manifest["dim"]
+
+    @property
+    def count(self):
+        return self.manifest["count"]
+
+    def search(self, vectors, k=10):
+        vectors = np.ascontiguousarray(np.atleast_2d(vectors), np.float32)
+        if vectors.shape[1] != self.dim:
+            raise ConfigError(f"{self.dir}: the query embedding has dimension {vectors.shape[1]}, the index "
+                              f"{self.dim} (built from {self._built_with()}); search with the model that built it")
+        if not 1 <= k <= self.count:
+            raise ConfigError(f"k must be between 1 and the index size {self.count}, got {k}")
+        scores, rows = self.store.search(vectors, min(self.count, k + TIE_MARGIN))
+        out = []
+        for score_row, index_row in zip(scores, rows):
+            hits = sorted(((float(s), self.ids[r], r) for s, r in zip(score_row, index_row) if r >= 0),
+                          key=lambda hit: (-hit[0], hit[1]))[:k]  # ties: ascending id
+            out.append([(hit_id, score, self.metadata[r] if self.metadata else None)
+                        for score, hit_id, r in hits])
+        return out
+
+    def _built_with(self):
+        prov = self.manifest.get("provenance") or {}
+        return prov.get("weights") or prov.get("inference_model_dir") or prov.get("source") or "an unknown model"
+
+
+def read_manifest(index_dir):
+    path = os.path.join(index_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise InputError(f"{index_dir}: not a search index ({MANIFEST} missing); build one with "
+                         f"python -m ernievil2 index build EMB.npz {index_dir}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable ({e})") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(f"{path}: not a search index manifest this version reads")
+    return manifest
+
+
+def read_metadata(path, ids):
+    """Per-id metadata from `id \\t text` lines or JSONL objects with an "id"; returns a list aligned with ids
+    (None where an id has none); an id not in the gallery is an error naming the line."""
+    from ..data.tsv import text_lines
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: metadata file not found")
+    known, by_id = set(ids), {}
+    for line_no, text, problem in text_lines(path):
+        if problem:
+            raise InputError(f"{path}:{line_no}: {problem}")
+        if path.endswith((".jsonl", ".json")):
+            try:
+                record = json.loads(text)
+                key, value = str(record.pop("id")), record
+            except (ValueError, KeyError, AttributeError, TypeError):
+                raise InputError(f"{path}:{line_no}: expected a JSON object with an \"id\"") from None
+        else:
+            key, _, value = text.partition("\t")
+        if key not in known:
+            raise InputError(f"{path}:{line_no}: id {key!r} is not in the gallery")
+        by_id[key] = value
+    return [by_id.get(i) for i in ids]
+
+
+def _query_sets(vectors, queries, sample, seed):
+    """Recall queries: a sample of gallery vectors (each excluding itself from both result lists), and the
+    text queries of an `embed` output when given."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)
+    sets = {"gallery": (vectors[rows], rows)}
+    if queries:
+        _, query_vectors, _, _ = read_gallery(queries)
+        if query_vectors.shape[1] != vectors.shape[1]:
+            raise ConfigError(f"{queries}: queries of dimension {query_vectors.shape[1]}, gallery "
+                              f"{vectors.shape[1]}: embed both with the same model")
+        sets["text_queries"] = (query_vectors[:sample], None)
+    return sets
+
+
+def _tune(store, vectors, query_sets, target, log):
+    """The smallest search parameter reaching `target` recall@10 on every query set (or the largest tried)."""
+    exact = FaissStore.build("flat", vectors)
+    truth = {name: _top(exact, q, own) for name, (q, own) in query_sets.items()}
+    for params in store.parameter_ladder():
+        store.set_params(params)
+        recall = {name: _recall(_top(store, q, own), truth[name]) for name, (q, own) in query_sets.items()}
+        log(f"  {_describe(params)}: recall@{RECALL_K} {_describe(recall)}")
+        if min(recall.values()) >= target:
+            break
+    return params, recall
+
+
+def _top(store, queries, own_rows):
+    """Top RECALL_K rows per query, fetched as SearchIndex.search fetches them (k + TIE_MARGIN candidates, so the
+    recall recorded is the recall users get); a gallery query's own row is left out."""
+    _, rows = store.search(queries, RECALL_K + TIE_MARGIN + 1)
+    if own_rows is None:
+        return rows[:, :RECALL_K]
+    return np.array([[r for r in row if r != own][:RECALL_K] for row, own in zip(rows, own_rows)])
+
+
+def _recall(found, truth):
+    return round(float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])), 4)
+
+
+def _describe(mapping):
+    return ", ".join(f"{k} {v}" for k, v in mapping.items())
+
+
+def _collection_name(index_dir):
+    base = "".join(c if c.isalnum() else "_" for c in os.path.basename(os.path.abspath(index_dir)))
+    return f"ernievil2_{base}"[:255]
+
+
+def _write(index_dir, store, ids, metadata, manifest, offsets=None):
+    """Stage everything in a sibling directory, then swap it in: readers see the old index or the new one."""
+    index_dir = os.path.abspath(index_dir)
+    if os.path.exists(index_dir) and os.listdir(index_dir) and not os.path.isfile(os.path.join(index_dir, MANIFEST)):
+        raise ConfigError(f"{index_dir}: exists and is not a search index; refusing to replace it")
+    remove_stale_temps(index_dir)
+    stage, old = temp_path_for(index_dir, ".partial"), temp_path_for(index_dir, ".old")
+    os.makedirs(stage)
+    try:
+        store.save(stage)
+        write_text_atomic(os.path.join(stage, "ids.json"), json.dumps(ids, ensure_ascii=False))
+        if metadata is not None:
+            write_text_atomic(os.path.join(stage, "metadata.jsonl"),
+                              "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in metadata))
+        if offsets is not None:
+            np.save(os.path.join(stage, "gallery_offsets.npy"), offsets)
+        write_text_atomic(os.path.join(stage, MANIFEST), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        if os.path.exists(index_dir):
+            os.replace(index_dir, old)
+        os.replace(stage, index_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _read_jsonl(path):
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
