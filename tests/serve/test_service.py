@@ -1,6 +1,5 @@
 """The HTTP service through FastAPI's TestClient: answers equal the library's search, every bad request is a 4xx
 JSON error (and the service keeps answering), thumbnails come only from the gallery."""
-import io
 import json
 
 import cv2

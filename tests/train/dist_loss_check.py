@@ -34,7 +34,18 @@ CASES = {
     "local": {"negatives": "local", "queue": False},
     "full_queue": {"negatives": "full", "queue": True},
     "local_queue": {"negatives": "local", "queue": True},
+    # duplicates across the ranks' halves (rows 1 and 6 one image, rows 2 and 5 one caption) and in the queue
+    "full_masked": {"negatives": "full", "queue": False, "masked": True},
+    "local_queue_masked": {"negatives": "local", "queue": True, "masked": True},
 }
+
+
+def identities(step):
+    """Global image / caption / tag keys of a step's rows, with duplicates inside the batch and, through the
+    repeating image ids, between the batch and the queue."""
+    image = np.array([0, 1, 2, 3, 4, 5, 1, 7]) + 100 * (step % 2)
+    caption = np.array([10, 11, 12, 13, 14, 12, 16, 17]) + 100 * step
+    return {"image": image, "caption": caption, "tags": caption + 1000}
 
 
 class Towers(paddle.nn.Layer):
@@ -63,25 +74,29 @@ def batches():
     return rng.standard_normal((STEPS, len(VIEWS), GLOBAL_BATCH, IN_DIM)).astype("float32")
 
 
-def run_case(negatives, queue):
+def run_case(negatives, queue, masked=False):
     world, rank = edist.get_world_size(), edist.get_rank()
     b = GLOBAL_BATCH // world
     towers = Towers(np.random.default_rng(99))
     model = paddle.DataParallel(towers) if edist.is_distributed() else towers
     cfg = {"weights": {"image_image": 0.5, "text_text": 0.7, "image_caption": 1.0, "image_tags": 0.3},
-           "negatives": negatives, "queue": {"enabled": queue, "size": 16, "momentum": 0.5}}
+           "negatives": negatives, "queue": {"enabled": queue, "size": 16, "momentum": 0.5},
+           "mask_duplicates": "both" if masked else "none"}
     loss_fn = MultiViewContrastiveLoss(cfg, embed_dim=EMBED_DIM, global_batch=GLOBAL_BATCH)
     momentum = make_momentum_copy(towers) if queue else None
     opt = paddle.optimizer.SGD(learning_rate=0.5, parameters=towers.parameters())
     rec = {k: [] for k in ["loss_all_ranks", "temperature_grad", "image_weight_grad", "text_weight_grad",
                            "text_bias_grad", "emb_grads"]}
-    for xs_np in batches():
+    for step, xs_np in enumerate(batches()):
         xs = [paddle.to_tensor(x[rank * b:(rank + 1) * b]) for x in xs_np]
+        ids = None
+        if masked:
+            ids = {k: paddle.to_tensor(v[rank * b:(rank + 1) * b]) for k, v in identities(step).items()}
         embs, temperature = model(xs)
         grads = {}
         for v, e in zip(VIEWS, embs):
             e.register_hook(lambda g, v=v: grads.__setitem__(v, g))
-        out = loss_fn(*embs, temperature=temperature)
+        out = loss_fn(*embs, temperature=temperature, identities=ids)
         out["loss"].backward()
         values = paddle.to_tensor([float(out["loss"])] + [float(out[t]) for t in TERMS], dtype="float64")
         rec["loss_all_ranks"].append(edist.all_gather_no_grad(values.unsqueeze(0)).numpy())
@@ -98,7 +113,7 @@ def run_case(negatives, queue):
             momentum_update_(towers, momentum, loss_fn.config.queue.momentum)
             with paddle.no_grad():
                 keys, _ = momentum(xs)
-            loss_fn.update_queue(keys[VIEWS.index("image_view2")], keys[VIEWS.index("text_view1")])
+            loss_fn.update_queue(keys[VIEWS.index("image_view2")], keys[VIEWS.index("text_view1")], ids)
     result = {k: np.stack(v) for k, v in rec.items()}
     for name, p in towers.named_parameters():
         result["final_" + name] = p.numpy()

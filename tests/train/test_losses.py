@@ -278,7 +278,8 @@ def test_stable_with_max_scale_and_huge_inputs():
         assert np.all(np.isfinite(grads[v]))
         np.testing.assert_allclose(grads[v], ref_grads[v], rtol=1e-2, atol=1e-8)
     # The rows are near-duplicates, so dL/dt is a small difference of large logits: fp32 cancellation makes its
-    # error input-dependent (measured 1%, bounded by about 50% here), hence a tolerance derived from the inputs rather than a fixed rtol.
+    # error input-dependent (measured 1%, bounded by about 50% here), hence a tolerance derived from the inputs
+    # rather than a fixed rtol.
     bound = fp32_dt_error_bound(x, weights, t)
     assert bound < abs(ref_dt)  # a worst-case bound, yet it still pins the sign of dL/dt
     _close_dt(dt, ref_dt, bound)
@@ -515,7 +516,8 @@ def two_rank_results(tmp_path_factory):
     return out / "res"
 
 
-@pytest.mark.parametrize("case", ["full", "local", "full_queue", "local_queue"])
+@pytest.mark.parametrize("case", ["full", "local", "full_queue", "local_queue", "full_masked",
+                                  "local_queue_masked"])
 def test_two_ranks_match_one_process(two_rank_results, case):
     mod = _load_check_module()
     single = mod.run_case(**mod.CASES[case])
@@ -540,3 +542,71 @@ def test_two_rank_helpers(two_rank_results):
     # the mean of (1, 2) is 1.5, then rank and world size
     for r in range(2):
         np.testing.assert_array_equal(rows[r], [2.0] * 9 + [8.0] * 2 + [0.0] * 3 + [1.5] * 2 + [r, 2])
+
+
+# ----------------------------------------------------------------------------------------------
+# duplicate-aware negatives (loss.mask_duplicates)
+# ----------------------------------------------------------------------------------------------
+def brute_force_masked_pair(a, b, t, excluded, a_neg=None, b_neg=None, excluded_neg=None):
+    """Symmetric InfoNCE by explicit sums over the allowed columns (float64): for query i, the softmax runs
+    over its positive and the columns j with excluded[i, j] False (and queue columns not excluded)."""
+    A, B = _unit(np.asarray(a, np.float64)), _unit(np.asarray(b, np.float64))
+    s, n, total = math.exp(t), len(A), 0.0
+    for Q, K, neg in ((A, B, b_neg), (B, A, a_neg)):
+        for i in range(n):
+            logits = [s * Q[i] @ K[j] for j in range(n) if j == i or not excluded[i, j]]
+            if neg is not None:
+                logits += [s * Q[i] @ np.asarray(neg[j], np.float64) for j in range(len(neg))
+                           if not excluded_neg[i, j]]
+            positive = s * Q[i] @ K[i]
+            total += 0.5 * (np.log(np.sum(np.exp(np.array(logits) - positive))))  # -log softmax of the positive
+    return total / n
+
+
+@pytest.mark.parametrize("mode", ["none", "image", "caption", "both"])
+def test_duplicates_leave_the_cross_modal_negatives_as_a_brute_force_reference_says(mode):
+    rng = np.random.default_rng(21)
+    x = _views(rng, n=6, d=4)
+    image = np.array([5, 1, 5, 2, 3, 1])       # rows 0 and 2, 1 and 5: one image each
+    caption = np.array([7, 8, 9, 8, 6, 4])     # rows 1 and 3 say the same
+    tags = np.array([30, 31, 32, 33, 30, 35])  # rows 0 and 4: the same tag text
+    ids = {"image": paddle.to_tensor(image), "caption": paddle.to_tensor(caption), "tags": paddle.to_tensor(tags)}
+    loss_fn = L.MultiViewContrastiveLoss({"mask_duplicates": mode})
+    t = 1.1
+    ts = {v: paddle.to_tensor(x[v]) for v in x}
+    out = loss_fn(**ts, temperature=_temperature(t), identities=ids)
+    same_image = (image[:, None] == image[None, :]) & (mode in ("image", "both"))
+    for term, text in (("image_caption", caption), ("image_tags", tags)):
+        excluded = same_image | ((text[:, None] == text[None, :]) & (mode in ("caption", "both")))
+        np.fill_diagonal(excluded, False)
+        a, b = ("image_view2", "text_view1") if term == "image_caption" else ("image_view2", "tags")
+        expected = brute_force_masked_pair(x[a], x[b], t, excluded)
+        assert float(out[term]) == pytest.approx(expected, rel=1e-5, abs=1e-6), (term, mode)
+        if mode == "none":
+            assert expected == pytest.approx(ref_pair(x[a], x[b], t)[0], rel=1e-9)
+    unmasked = L.MultiViewContrastiveLoss({"mask_duplicates": "none"})(**ts, temperature=_temperature(t))
+    if mode != "none":  # not vacuous: the masks change the value
+        assert abs(float(out["image_caption"]) - float(unmasked["image_caption"])) > 1e-3
+
+
+def test_queued_rows_of_the_same_image_or_caption_are_no_negatives():
+    rng = np.random.default_rng(22)
+    x = _views(rng, n=4, d=4)
+    loss_fn = L.MultiViewContrastiveLoss({"mask_duplicates": "both", "queue": {"enabled": True, "size": 8}},
+                                         embed_dim=4)
+    qi, qt = rng.standard_normal((4, 4)), rng.standard_normal((4, 4))
+    queued = {"image": paddle.to_tensor(np.array([1, 50, 51, 52])),
+              "caption": paddle.to_tensor(np.array([60, 61, 12, 63])), "tags": paddle.to_tensor(np.zeros(4, int))}
+    loss_fn.update_queue(paddle.to_tensor(qi.astype(np.float32)), paddle.to_tensor(qt.astype(np.float32)), queued)
+    image, caption = np.array([1, 2, 3, 4]), np.array([10, 11, 12, 13])
+    ids = {"image": paddle.to_tensor(image), "caption": paddle.to_tensor(caption),
+           "tags": paddle.to_tensor(np.array([20, 21, 22, 23]))}
+    t = 0.8
+    out = loss_fn(**{v: paddle.to_tensor(x[v]) for v in x}, temperature=_temperature(t), identities=ids)
+    # queue row 0 shows row 0's image, queue row 2 carries row 2's caption
+    excluded_neg = (image[:, None] == np.array([1, 50, 51, 52])[None, :]) | \
+                   (caption[:, None] == np.array([60, 61, 12, 63])[None, :])
+    assert excluded_neg.sum() == 2
+    expected = brute_force_masked_pair(x["image_view2"], x["text_view1"], t, np.zeros((4, 4), bool),
+                                       a_neg=_unit(qi), b_neg=_unit(qt), excluded_neg=excluded_neg)
+    assert float(out["image_caption"]) == pytest.approx(expected, rel=1e-5, abs=1e-6)

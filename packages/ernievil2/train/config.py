@@ -28,6 +28,7 @@ TRAIN_SCHEMA = {
         "max_text_len": 48,
         "augment": Field(True, type=(bool, dict), doc="true, false, or augment_train options"),
         "shuffle": True,
+        "shuffle_window": Field(8, doc="shards whose rows are shuffled together (the shard order is shuffled too)"),
         "tags_file": Field(None, type=str),
         "shuffle_tags": True,
         "max_tags": 0,
@@ -89,7 +90,7 @@ def load_train_config(path, overrides=()):
     except ValueError as e:
         raise ConfigError(f"{src}: {e}") from None
     for key in ("data.batch_size", "optimizer.accumulate_steps", "schedule.log_every", "data.image_size",
-                "cpu_processes"):
+                "cpu_processes", "data.shuffle_window"):
         if cfg.get_path(key) < 1:
             raise ConfigError(f"{src}: '{key}' must be >= 1, got {cfg.get_path(key)}")
     for key in ("schedule.max_steps", "schedule.save_every", "schedule.eval_every", "schedule.warmup_steps"):

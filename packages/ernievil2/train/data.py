@@ -1,9 +1,9 @@
-"""Training data: an index over TSV files/shards, deterministic multi-view samples, and a global-batch sampler.
+"""Training samples: deterministic multi-view samples of rows (data.row_index) and their collation.
 
-Every random choice (epoch order, augmentation, tag order) is a function of (seed, epoch, sample index),
-and each global batch is cut into equal per-rank slices, so a run does not depend on the number of ranks or
-data workers, and a resumed run sees exactly the batches the uninterrupted one would have.
+Every random choice (augmentation, tag order) is a function of (seed, epoch, sample index), so a run does not
+depend on the number of ranks or data workers (the order of rows: train.order).
 """
+import hashlib
 import os
 
 import numpy as np
@@ -13,51 +13,8 @@ from ..data.images import DEFAULT_MAX_PIXELS, decode_base64_image
 from ..data.prompts import TAG_PROMPT, TAG_SEPARATOR, split_tags, tag_text
 from ..data.tokenizer import ErnieTokenizer
 from ..data.transforms import augment_train, preprocess_eval
-from ..data.tsv import BadRow, expand_sources, parse_row
-from ..errors import BadRowError, ConfigError, InputError
-
-
-class TsvIndex:
-    """Byte offsets of the non-blank lines of one or more TSV files, for random access by row number."""
-
-    def __init__(self, spec):
-        self.files = expand_sources(spec, what="training data")
-        offsets, file_ids, line_nos = [], [], []
-        for fid, path in enumerate(self.files):
-            pos = 0
-            with open(path, "rb") as f:
-                for line_no, raw in enumerate(f, 1):
-                    if raw.strip():
-                        offsets.append(pos)
-                        file_ids.append(fid)
-                        line_nos.append(line_no)
-                    pos += len(raw)
-        if not offsets:
-            raise InputError(f"{', '.join(self.files)}: no rows")
-        self.offsets = np.asarray(offsets, np.int64)
-        self.file_ids = np.asarray(file_ids, np.int32)
-        self.line_nos = np.asarray(line_nos, np.int64)
-        self._handles = {}
-
-    def __len__(self):
-        return len(self.offsets)
-
-    def location(self, i):
-        return self.files[self.file_ids[i]], int(self.line_nos[i])
-
-    def read(self, i):
-        """(path, line number, raw bytes without the newline) of row i."""
-        path, line = self.location(i)
-        handle = self._handles.get(path)
-        if handle is None:  # opened lazily, so every data-loader worker has its own file handles
-            handle = self._handles[path] = open(path, "rb")
-        handle.seek(int(self.offsets[i]))
-        return path, line, handle.readline().rstrip(b"\r\n")
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_handles"] = {}
-        return state
+from ..data.tsv import BadRow, parse_row
+from ..errors import BadRowError, InputError
 
 
 def read_tags_file(path):
@@ -130,7 +87,9 @@ class MultiViewDataset(paddle.io.Dataset):
     def _placeholder(self, j):
         views = np.zeros((3, self.image_size, self.image_size), np.float32)
         ids = np.asarray([self.tokenizer.cls_id, self.tokenizer.sep_id], np.int64)
+        unique = np.int64(-1 - j)  # never equal to another row's key
         return {"image_view1": views, "image_view2": views, "caption_ids": ids, "tag_ids": ids,
+                "image_key": unique, "caption_key": unique, "tag_key": unique,
                 "skipped": np.int64(0), "bad_index": np.int64(j)}
 
     def raise_bad_row(self, epoch, j):
@@ -165,13 +124,25 @@ class MultiViewDataset(paddle.io.Dataset):
             tag_sequence = row.text  # no tags for this image: its caption stands in for the tag view
         return {"image_view1": view1, "image_view2": view2,
                 "caption_ids": np.asarray(self.tokenizer.encode(row.text, self.max_text_len), np.int64),
-                "tag_ids": np.asarray(self.tokenizer.encode(tag_sequence, self.max_text_len), np.int64)}
+                "tag_ids": np.asarray(self.tokenizer.encode(tag_sequence, self.max_text_len), np.int64),
+                # identities for loss.mask_duplicates: rows of one image, or with one text, are not negatives
+                "image_key": identity_key(row.image_id), "caption_key": identity_key(row.text.strip()),
+                "tag_key": identity_key(tag_sequence.strip())}
 
     def _log_bad(self, bad):
         if self.bad_row_log:
             # One short O_APPEND write per line: safe with several workers appending to the same file.
             with open(self.bad_row_log, "a", encoding="utf-8") as f:
                 f.write(f"{bad}\n")
+
+
+KEYS = ("image_key", "caption_key", "tag_key")
+
+
+def identity_key(text):
+    """A stable 64-bit key of a string (the same in every process and run)."""
+    return np.int64(int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little",
+                                   signed=True))
 
 
 def collate_samples(samples, pad_id=0):
@@ -183,48 +154,8 @@ def collate_samples(samples, pad_id=0):
         for row, s in enumerate(samples):
             ids[row, : len(s[key])] = s[key]
         out[key] = ids
+    for key in KEYS:
+        out[key] = np.asarray([s[key] for s in samples], np.int64)
     out["skipped"] = np.asarray(sum(int(s["skipped"]) for s in samples), np.int64)
     out["bad_index"] = np.asarray([int(s["bad_index"]) for s in samples], np.int64)
     return out
-
-
-class GlobalBatchSampler(paddle.io.BatchSampler):
-    """Yields this rank's slice of each global batch as [(epoch, index), ...], from a start position onward.
-
-    Epoch e visits the rows in the order of a permutation seeded by (seed, e); its global batches are
-    consecutive runs of `batch_size * world_size` rows (the remainder is dropped), and rank r takes rows
-    [r * batch_size, (r + 1) * batch_size) of each."""
-
-    def __init__(self, num_rows, batch_size, world_size=1, rank=0, seed=0, shuffle=True, start_batch=0):
-        self.num_rows = num_rows
-        self.batch_size = batch_size
-        self.world_size = world_size
-        self.rank = rank
-        self.seed = seed
-        self.shuffle = shuffle
-        self.global_batch = batch_size * world_size
-        self.batches_per_epoch = num_rows // self.global_batch
-        if self.batches_per_epoch == 0:
-            raise ConfigError(f"the training set has {num_rows} rows, fewer than one global batch "
-                             f"({batch_size} per rank x {world_size} ranks = {self.global_batch})")
-        self.start_batch = start_batch
-        self._order = (None, None)
-
-    def epoch_order(self, epoch):
-        if self._order[0] != epoch:
-            order = (np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(self.num_rows)
-                     if self.shuffle else np.arange(self.num_rows))
-            self._order = (epoch, order)
-        return self._order[1]
-
-    def __iter__(self):
-        g = self.start_batch
-        while True:
-            epoch, b = divmod(g, self.batches_per_epoch)
-            order = self.epoch_order(epoch)
-            start = b * self.global_batch + self.rank * self.batch_size
-            yield [(epoch, int(i)) for i in order[start:start + self.batch_size]]
-            g += 1
-
-    def __len__(self):
-        return 1 << 40  # endless: the trainer stops by step count

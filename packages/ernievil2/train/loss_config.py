@@ -10,6 +10,7 @@ from ..errors import ConfigError
 
 TERMS = ("image_image", "text_text", "image_caption", "image_tags")
 CROSS_MODAL_TERMS = ("image_caption", "image_tags")
+MASK_MODES = ("none", "image", "caption", "both")
 
 
 class LossConfigError(ConfigError):
@@ -39,6 +40,7 @@ class LossConfig:
     cross_modal_image_view: int = 2  # the paper's figure pairs image view 2 ...
     cross_modal_text_view: int = 1   # ... with text view 1
     negatives: str = "full"          # full | local (see module docstring)
+    mask_duplicates: str = "both"    # none | image | caption | both: rows of the same image / text are no negatives
     max_logit_scale: float = 100.0   # clamp_logit_scale_ keeps exp(t) in [1, max_logit_scale]
     tag_prompt: str = TAG_PROMPT     # object-tag text = tag_prompt + tag_separator.join(tags)
     tag_separator: str = TAG_SEPARATOR
@@ -67,6 +69,11 @@ class LossConfig:
             if d["negatives"] not in ("full", "local"):
                 raise LossConfigError(f"{prefix}.negatives: must be 'full' or 'local', got {d['negatives']!r}")
             cfg.negatives = d["negatives"]
+        if "mask_duplicates" in d:
+            if d["mask_duplicates"] not in MASK_MODES:
+                raise LossConfigError(f"{prefix}.mask_duplicates: must be one of {', '.join(MASK_MODES)}, "
+                                      f"got {d['mask_duplicates']!r}")
+            cfg.mask_duplicates = d["mask_duplicates"]
         if "max_logit_scale" in d:
             cfg.max_logit_scale = _number(d["max_logit_scale"], f"{prefix}.max_logit_scale", low=1.0)
         for k in ("tag_prompt", "tag_separator"):

@@ -88,6 +88,9 @@ class MomentumQueue(paddle.nn.Layer):
         self.register_buffer("text_queue", paddle.zeros([self.size, self.dim], "float32"), persistable=True)
         self.register_buffer("ptr", paddle.zeros([1], "int64"), persistable=True)
         self.register_buffer("filled", paddle.zeros([1], "int64"), persistable=True)
+        # identities of the queued rows (image id and caption keys), for loss.mask_duplicates
+        self.register_buffer("image_ids", paddle.zeros([self.size], "int64"), persistable=True)
+        self.register_buffer("caption_ids", paddle.zeros([self.size], "int64"), persistable=True)
 
     def _check_batch(self, n: int) -> None:
         if n <= 0 or self.size % n != 0:
@@ -95,8 +98,9 @@ class MomentumQueue(paddle.nn.Layer):
                              f"size ({n} = per-rank batch x world size)")
 
     @paddle.no_grad()
-    def enqueue(self, image_keys: paddle.Tensor, text_keys: paddle.Tensor) -> None:
-        """Write a batch of global keys ``[n, dim]`` at ``ptr`` (normalised here) and advance."""
+    def enqueue(self, image_keys: paddle.Tensor, text_keys: paddle.Tensor, image_ids=None, caption_ids=None) -> None:
+        """Write a batch of global keys ``[n, dim]`` at ``ptr`` (normalised here), with the rows' image and
+        caption identities ``[n]`` when given, and advance."""
         n = image_keys.shape[0]
         if text_keys.shape[0] != n:
             raise ValueError(f"enqueue: {n} image keys but {text_keys.shape[0]} text keys")
@@ -110,8 +114,16 @@ class MomentumQueue(paddle.nn.Layer):
         # of a loss that has not run backward yet, and an in-place write would invalidate it.
         self.image_queue = paddle.scatter(self.image_queue, rows, _unit(image_keys), overwrite=True)
         self.text_queue = paddle.scatter(self.text_queue, rows, _unit(text_keys), overwrite=True)
+        for name, values in (("image_ids", image_ids), ("caption_ids", caption_ids)):
+            if values is not None:
+                setattr(self, name, paddle.scatter(getattr(self, name), rows, values.astype("int64"), overwrite=True))
         self.ptr = paddle.full([1], (p + n) % self.size, "int64")
         self.filled = paddle.full([1], min(int(self.filled.item()) + n, self.size), "int64")
+
+    def identities(self) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """``(image_ids, caption_ids)`` of the filled rows (what negatives() returns the keys of)."""
+        f = int(self.filled.item())
+        return self.image_ids[:f], self.caption_ids[:f]
 
     def negatives(self) -> Optional[Tuple[paddle.Tensor, paddle.Tensor]]:
         """``(image_keys, text_keys)`` of the filled rows, or None while the queue is empty."""
@@ -134,22 +146,34 @@ def _ce_diag(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
     return -paddle.take_along_axis(logp, labels.unsqueeze(1), axis=1).mean()
 
 
-def symmetric_infonce(a_q, b_q, a_all, b_all, scale, labels, a_neg=None, b_neg=None):
+def symmetric_infonce(a_q, b_q, a_all, b_all, scale, labels, a_neg=None, b_neg=None, excluded=None,
+                      excluded_neg=None):
     """(CE(a_q -> [b_all; b_neg]) + CE(b_q -> [a_all; a_neg])) / 2, inputs already unit-norm fp32.
 
     ``a_q``/``b_q`` are the query rows (all N in full mode, this rank's B in local mode), ``labels``
     their positive columns in ``a_all``/``b_all``; ``a_neg``/``b_neg`` optional extra negative keys.
+    ``excluded`` [Q, N] / ``excluded_neg`` [Q, queue] (bool) take columns out of both softmax denominators:
+    other rows of the same image or text, which are not negatives.
     """
     ab = paddle.matmul(a_q, b_all, transpose_y=True)
     if a_neg is None and b_neg is None and a_q is a_all and b_q is b_all:
         ba = ab.T  # full mode without queue: one matmul serves both directions
     else:
         ba = paddle.matmul(b_q, a_all, transpose_y=True)
+    if excluded is not None:
+        ab, ba = _exclude(ab, excluded), _exclude(ba, excluded)
     if b_neg is not None:
-        ab = paddle.concat([ab, paddle.matmul(a_q, b_neg, transpose_y=True)], axis=1)
+        ab = paddle.concat([ab, _exclude(paddle.matmul(a_q, b_neg, transpose_y=True), excluded_neg)], axis=1)
     if a_neg is not None:
-        ba = paddle.concat([ba, paddle.matmul(b_q, a_neg, transpose_y=True)], axis=1)
+        ba = paddle.concat([ba, _exclude(paddle.matmul(b_q, a_neg, transpose_y=True), excluded_neg)], axis=1)
     return 0.5 * (_ce_diag(scale * ab, labels) + _ce_diag(scale * ba, labels))
+
+
+def _exclude(similarities, excluded):
+    """Excluded entries get a similarity so low that exp(scale x it) is 0 in fp32 (scale >= 1)."""
+    if excluded is None:
+        return similarities
+    return paddle.where(excluded, paddle.full_like(similarities, -1e4), similarities)
 
 
 class MultiViewContrastiveLoss(paddle.nn.Layer):
@@ -182,7 +206,7 @@ class MultiViewContrastiveLoss(paddle.nn.Layer):
         return [t for t in TERMS if self.weights[t] > 0]
 
     def forward(self, image_view1=None, image_view2=None, text_view1=None, text_view2=None, tags=None,
-                temperature=None, queue_keys=None) -> Dict[str, paddle.Tensor]:
+                temperature=None, queue_keys=None, identities=None) -> Dict[str, paddle.Tensor]:
         """Compute every active term on this rank's ``[B, D]`` embeddings (raw, normalised here).
 
         Args:
@@ -192,6 +216,9 @@ class MultiViewContrastiveLoss(paddle.nn.Layer):
             temperature: the parameter t (shape [1]); logit scale = exp(t).
             queue_keys: optional ``(image_keys, text_keys)`` extra negatives, overriding ``self.queue``.
                 Treated as unit vectors (MomentumQueue stores them normalised).
+            identities: optional ``{"image", "caption", "tags"}`` int64 ``[B]`` keys of this rank's rows; with
+                ``loss.mask_duplicates`` other rows of the same image (or the same text) are taken out of the
+                cross-modal terms' negatives, in the batch and in the queue.  None: no masking.
         An input may be None when no active term needs it.
 
         Returns:
@@ -203,14 +230,17 @@ class MultiViewContrastiveLoss(paddle.nn.Layer):
         given = {"image_view1": image_view1, "image_view2": image_view2, "text_view1": text_view1,
                  "text_view2": text_view2, "tags": tags}
         needed = self._needed_views(given)
-        if queue_keys is None and self.queue is not None:
-            queue_keys = self.queue.negatives()
         active = self.active_terms()
+        own_queue = queue_keys is None and self.queue is not None
+        if own_queue:
+            queue_keys = self.queue.negatives()
         with paddle.amp.auto_cast(enable=False):
             local, everyone = self._gather(given, needed)
             queries, labels = self._queries(local, everyone)
             scale = paddle.exp(temperature.astype("float32"))
-            terms = {t: self._term(t, queries, everyone, scale, labels, queue_keys) for t in active}
+            masks = self._duplicate_masks(identities, labels, own_queue and queue_keys is not None)
+            terms = {t: self._term(t, queries, everyone, scale, labels, queue_keys, masks.get(t, (None, None)))
+                     for t in active}
             terms = self._as_global_values(terms)
             total = paddle.add_n([terms[t] * self.weights[t] for t in active])
         out = {"loss": total}
@@ -253,14 +283,44 @@ class MultiViewContrastiveLoss(paddle.nn.Layer):
         start = edist.get_rank() * rows
         return local, paddle.arange(start, start + rows, dtype="int64")
 
-    def _term(self, term, queries, everyone, scale, labels, queue_keys):
+    def _term(self, term, queries, everyone, scale, labels, queue_keys, excluded):
         a, b = self.config.term_views()[term]
         a_neg = b_neg = None
         if queue_keys is not None and term in self.config.queue.terms and term in CROSS_MODAL_TERMS:
             a_neg = queue_keys[0].astype("float32")  # image keys: negatives for text queries
             b_neg = queue_keys[1].astype("float32")  # text keys: negatives for image queries
+        batch_mask, queue_mask = excluded
         return symmetric_infonce(queries[a], queries[b], everyone[a], everyone[b], scale, labels,
-                                 a_neg=a_neg, b_neg=b_neg)
+                                 a_neg=a_neg, b_neg=b_neg, excluded=batch_mask,
+                                 excluded_neg=queue_mask if a_neg is not None else None)
+
+    @paddle.no_grad()
+    def _duplicate_masks(self, identities, labels, with_queue):
+        """{cross-modal term: (batch mask [Q, N], queue mask [Q, queue] or None)}: True for columns that are
+        another row of the query's image (mode image) or carry its text (mode caption); never its positive."""
+        mode = self.config.mask_duplicates
+        if identities is None or mode == "none":
+            return {}
+        ids = {k: edist.all_gather_no_grad(v.astype("int64").reshape([-1])) for k, v in identities.items()}
+        n = ids["image"].shape[0]
+        rows = labels  # the queries' own rows in the gathered batch
+        positive = labels.unsqueeze(1) == paddle.arange(n, dtype="int64").unsqueeze(0)
+        queued = self.queue.identities() if with_queue else None
+        masks = {}
+        for term, text in (("image_caption", "caption"), ("image_tags", "tags")):
+            same = paddle.zeros([rows.shape[0], n], "bool")
+            in_queue = paddle.zeros([rows.shape[0], queued[0].shape[0]], "bool") if queued else None
+            for kind, on in (("image", mode in ("image", "both")), (text, mode in ("caption", "both"))):
+                if not on:
+                    continue
+                mine = paddle.gather(ids[kind], rows).unsqueeze(1)
+                same = same | (mine == ids[kind].unsqueeze(0))
+                if queued:  # the queue holds captions: texts compare by caption
+                    stored = queued[0] if kind == "image" else queued[1]
+                    key = mine if kind == "image" else paddle.gather(ids["caption"], rows).unsqueeze(1)
+                    in_queue = in_queue | (key == stored.unsqueeze(0))
+            masks[term] = (same & ~positive, in_queue)
+        return masks
 
     def _as_global_values(self, terms):
         """In `local` mode across ranks, report each term's global value (the mean over ranks) without touching
@@ -273,13 +333,17 @@ class MultiViewContrastiveLoss(paddle.nn.Layer):
         return {t: terms[t] + d for t, d in zip(names, delta)}
 
     @paddle.no_grad()
-    def update_queue(self, image_keys: paddle.Tensor, text_keys: paddle.Tensor) -> None:
-        """Gather this rank's momentum keys ``[B, D]`` from all ranks and enqueue them (same on every rank).
+    def update_queue(self, image_keys: paddle.Tensor, text_keys: paddle.Tensor, identities=None) -> None:
+        """Gather this rank's momentum keys ``[B, D]`` (and the rows' identities, see forward) from all ranks
+        and enqueue them (the same on every rank).
 
         Call once per step after the loss has been computed (keys of the momentum towers: the image
         view used for the cross-modal terms, and the caption text view).
         """
         if self.queue is None:
             raise RuntimeError("update_queue: loss.queue.enabled is false")
+        gathered = {k: edist.all_gather_no_grad(v.astype("int64").reshape([-1]))
+                    for k, v in (identities or {}).items()}
         self.queue.enqueue(edist.all_gather_no_grad(image_keys.astype("float32")),
-                           edist.all_gather_no_grad(text_keys.astype("float32")))
+                           edist.all_gather_no_grad(text_keys.astype("float32")),
+                           gathered.get("image"), gathered.get("caption"))

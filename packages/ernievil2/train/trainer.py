@@ -16,6 +16,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from ..data.row_index import RowIndex
 from ..data.tokenizer import ErnieTokenizer
 from ..errors import ConfigError, TrainingError
 from ..eval.metrics import format_table, retrieval_metrics
@@ -30,7 +31,8 @@ from ..model.weights import save_weights, state_arrays
 from ..runtime import gpu_count, resolve_device, set_cpu_threads
 from . import distributed as dist
 from .checkpoints import TrainingParts, checkpoint_dirs, read_checkpoint, write_checkpoint
-from .data import GlobalBatchSampler, MultiViewDataset, TsvIndex, collate_samples, read_tags_file
+from .data import MultiViewDataset, collate_samples, read_tags_file
+from .order import GlobalBatchSampler
 from .loss_config import LossConfig
 from .losses import MultiViewContrastiveLoss, clamp_logit_scale_, make_momentum_copy, momentum_update_
 from .optim import freeze_layers, make_optimizer
@@ -80,7 +82,7 @@ class Trainer:
             os.makedirs(self.out_dir, exist_ok=True)
         self.tokenizer = ErnieTokenizer.from_file(self.cfg.vocab_file)
         self._build_model()
-        self.data_index = TsvIndex(self.cfg.data.train_file)
+        self.data_index = self._index_training_data()
         self.global_batch = self.cfg.data.batch_size * self.world
         self._plan_steps()
         self._build_loss()
@@ -126,6 +128,14 @@ class Trainer:
         self.views = self.loss_cfg.needed_views()
         self.encoder = MultiViewEncoder(self.model, self.views)
 
+    def _index_training_data(self):
+        """The rows of data.train_file: rank 0 scans any file not yet in the row-index cache, then every rank
+        memory-maps the offsets (no rank holds per-row data)."""
+        if self.is_main:
+            index = RowIndex(self.cfg.data.train_file, what="training data")
+        dist.barrier()
+        return index if self.is_main else RowIndex(self.cfg.data.train_file, what="training data")
+
     def _plan_steps(self):
         """Steps per epoch and in all (schedule.epochs, if set, overrides schedule.max_steps)."""
         batches_per_epoch = len(self.data_index) // self.global_batch
@@ -160,8 +170,9 @@ class Trainer:
 
     def _build_loader(self):
         cfg = self.cfg
-        self.sampler = GlobalBatchSampler(len(self.data_index), cfg.data.batch_size, self.world, self.rank,
-                                          cfg.seed, cfg.data.shuffle, start_batch=self.step * self.accum)
+        self.sampler = GlobalBatchSampler(self.data_index.counts, cfg.data.batch_size, self.world, self.rank,
+                                          cfg.seed, cfg.data.shuffle, start_batch=self.step * self.accum,
+                                          window=cfg.data.shuffle_window)
         tags = read_tags_file(cfg.data.tags_file) if cfg.data.tags_file else None
         self.bad_row_log = os.path.join(self.out_dir, f"bad_rows.rank{self.rank}.txt")
         self.dataset = MultiViewDataset(
@@ -190,7 +201,8 @@ class Trainer:
             views = self.wrapped(*(_as_tensor(batch[k]) for k in ("image_view1", "image_view2", "caption_ids",
                                                                   "tag_ids")))
         temperature = views.pop("temperature")
-        losses = self.loss_fn(temperature=temperature, **views)  # queue negatives come from loss_fn.queue
+        # queue negatives come from loss_fn.queue; identities let it leave duplicates out of the negatives
+        losses = self.loss_fn(temperature=temperature, identities=_identities(batch), **views)
         loss = losses["loss"] * scale_by
         if self.scaler:
             self.scaler.scale(loss).backward()
@@ -256,7 +268,7 @@ class Trainer:
         for batch in batches:
             image_keys = self.momentum_towers[0](_as_tensor(batch[img_key]))
             text_keys = self.momentum_towers[1](_as_tensor(batch["caption_ids"]))
-            self.loss_fn.update_queue(image_keys, text_keys)
+            self.loss_fn.update_queue(image_keys, text_keys, _identities(batch))
 
     # -- the loop
     def fit(self):
@@ -430,6 +442,12 @@ def _crash_if_asked(step):
     if at and int(at) == step:
         import signal
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _identities(batch):
+    """The rows' image, caption and tag keys (train.data.identity_key) for loss.mask_duplicates."""
+    return {"image": _as_tensor(batch["image_key"]), "caption": _as_tensor(batch["caption_key"]),
+            "tags": _as_tensor(batch["tag_key"])}
 
 
 def _as_tensor(x):
