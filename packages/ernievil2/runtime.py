@@ -102,3 +102,16 @@ def set_cpu_threads(n=0, local_ranks=1):
     n = n or max(1, (os.cpu_count() or 1) // max(1, local_ranks))
     core.set_num_threads(n)
     return n
+
+
+def launch_plan(cpu_processes, log_dir, gpu_count, per_gpu=True):
+    """How a script starts a run when it gets no launcher options: ("single",) for one process, or
+    ("launch", *options) for paddle.distributed.launch: one rank per visible GPU when there are several and
+    per_gpu (run_infer.sh gets its GPUs from its DEVICE argument instead), else `cpu_processes` CPU ranks on
+    the CPU; the launcher's per-rank logs go to log_dir instead of ./log."""
+    logs = ("--log_dir", log_dir)
+    if gpu_count > 0:
+        return ("launch",) + logs if per_gpu and gpu_count > 1 else ("single",)
+    if cpu_processes > 1:
+        return ("launch", "--nproc_per_node", str(cpu_processes)) + logs
+    return ("single",)

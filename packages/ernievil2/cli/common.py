@@ -45,3 +45,30 @@ def guarded(run, prog=None, bad_row_hint="", bad_row_exit=None):
         return run() or 0
     except (Error, OSError) as e:
         return report(e, prog, bad_row_hint, bad_row_exit)
+
+
+LAUNCH_OPTIONS = ("--nproc_per_node", "--master", "--nnodes", "--rank", "--devices", "--log_dir")
+
+
+def add_launch_options(parser):
+    """paddle.distributed.launch's options, for commands that shard their work over ranks."""
+    group = parser.add_argument_group("ranks (paddle.distributed.launch; several ranks share the work)")
+    for option in LAUNCH_OPTIONS:
+        group.add_argument(option, dest="launch_" + option[2:])
+
+
+def launch_options(args):
+    """The launcher options given on the command line, as arguments for paddle.distributed.launch."""
+    found = []
+    for option in LAUNCH_OPTIONS:
+        value = getattr(args, "launch_" + option[2:])
+        if value is not None:
+            found += [option, value]
+    return found
+
+
+def relaunch(entry, launch_args, argv):
+    """Replace this process by paddle.distributed.launch running `entry` (a script under cli/) with argv."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), entry)
+    command = [sys.executable, "-m", "paddle.distributed.launch", *launch_args, script, *argv]
+    os.execvp(sys.executable, command)

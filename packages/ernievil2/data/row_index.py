@@ -122,10 +122,37 @@ class RowIndex:
         handle.seek(int(self.shards[shard].offsets[row]))
         return path, self.shards[shard].line_number(row), handle.readline().rstrip(b"\r\n")
 
+    def iter_raw(self, start, stop):
+        """(path, line number, raw bytes without the newline) of rows [start, stop), read sequentially."""
+        shard, row = self.locate(start) if start < len(self) else (len(self.shards), 0)
+        remaining = stop - start
+        while remaining > 0 and shard < len(self.shards):
+            rows = self.shards[shard]
+            take = min(remaining, rows.count - row)
+            if take > 0:
+                yield from _read_lines(rows, row, take)
+            remaining -= take
+            shard, row = shard + 1, 0
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_handles"] = {}
         return state
+
+
+def _read_lines(rows, first, count):
+    """`count` non-blank lines of one file from its row `first` on, with their line numbers."""
+    line = rows.line_number(first)
+    with open(rows.path, "rb") as f:
+        f.seek(int(rows.offsets[first]))
+        while count:
+            raw = f.readline()
+            if not raw:
+                return
+            if raw.strip():
+                yield rows.path, line, raw.rstrip(b"\r\n")
+                count -= 1
+            line += 1
 
 
 def _cached_scan(path):

@@ -21,6 +21,7 @@ class Row:
     image_id: str
     image_b64: str
     tags: Optional[str] = None
+    path: str = ""  # the file the row came from (shards: one of several)
 
 
 @dataclass
@@ -63,7 +64,7 @@ def parse_row(raw, path, line_no, max_columns=4):
     if not b64:
         return BadRow(path, line_no, "empty image column")
     tags = cols[3] if len(cols) > 3 else None
-    return Row(line_no, text, image_id, b64, tags)
+    return Row(line_no, text, image_id, b64, tags, path)
 
 
 class BadRowPolicy:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import Field
-from ..data.sources import image_items, text_items
+from ..data.sources import image_source, text_source
 from ..data.tokenizer import ErnieTokenizer
 from ..data.tsv import BadRow, BadRowPolicy
 from ..errors import ConfigError, InputError
@@ -17,6 +17,7 @@ from ..fileio import NpzWriter, remove_stale_temps
 from .engines import make_encoder
 from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
+from .sharding import ChunkedRun, after_chunk, config_fingerprint, current_rank
 from .workers import prefetched, prepare_images, prepare_texts, start_pool
 
 GALLERY_KEYS = {
@@ -46,21 +47,34 @@ class GallerySummary:
     skipped: dict = field(default_factory=dict)
     output_file: str = ""
     bad_row_log: str = ""
+    rank: int = 0
+    world: int = 1
+    reused_items: int = 0
+    stale_chunks: int = 0
 
     def lines(self):
+        if self.rank:
+            return [f"rank {self.rank} of {self.world}: done (rank 0 writes {self.output_file})"]
         rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
         out = [f"items read: {self.items}, embedded: {self.embedded}, skipped: {sum(self.skipped.values())}",
                f"time: {self.seconds:.1f} s, {rate:.2f} items/s", f"embeddings: {self.output_file}"]
+        if self.reused_items:
+            out.append(f"resumed: reused {self.reused_items} items embedded by an earlier run")
+        if self.stale_chunks:
+            out.append(f"refused {self.stale_chunks} chunk(s) of an earlier run with another input, config or "
+                       f"weights")
         out += [f"  skipped {count} item(s): {reason}" for reason, count in sorted(self.skipped.items())]
         if self.bad_row_log:
             out.append(f"skipped items listed in {self.bad_row_log}")
         return out
 
 
-def iter_image_embeddings(items, options, encoder, policy, summary, progress=None):
+def iter_image_embeddings(items, options, encoder, policy, summary, progress=None, pool=None):
     """Yield (ImageItem, L2-normalised embedding [D]) for the good items of `items`, in order; decoding and
-    preprocessing run in the worker processes, `options.batch_size` images per job."""
-    pool = start_pool(options)
+    preprocessing run in the worker processes (`pool`, or one started here), `options.batch_size` images per
+    job."""
+    own_pool = pool is None
+    pool = start_pool(options) if own_pool else pool
     depth = max(options.prefetch_batches, options.num_workers)
     try:
         jobs = ((batch, [(item.path, item.b64) for item in batch])
@@ -76,14 +90,16 @@ def iter_image_embeddings(items, options, encoder, policy, summary, progress=Non
             if progress is not None:
                 progress.update(len(batch))
     finally:
-        pool.terminate()
-        pool.join()
+        if own_pool:
+            pool.terminate()
+            pool.join()
 
 
-def iter_text_embeddings(items, options, encoder, tokenizer, policy, summary, progress=None):
-    """Yield (TextItem, L2-normalised embedding [D]) in order; texts are tokenised in the workers and encoded in
-    batches of similar length (`text_sort_window` items at a time)."""
-    pool = start_pool(options)
+def iter_text_embeddings(items, options, encoder, tokenizer, policy, summary, progress=None, pool=None):
+    """Yield (TextItem, L2-normalised embedding [D]) in order; texts are tokenised in the workers (`pool`, or
+    one started here) and encoded in batches of similar length (`text_sort_window` items at a time)."""
+    own_pool = pool is None
+    pool = start_pool(options) if own_pool else pool
     depth = max(options.prefetch_batches, options.num_workers)
     window = max(options.text_sort_window, options.batch_size)
     try:
@@ -97,49 +113,99 @@ def iter_text_embeddings(items, options, encoder, tokenizer, policy, summary, pr
             if progress is not None:
                 progress.update(len(batch))
     finally:
-        pool.terminate()
-        pool.join()
+        if own_pool:
+            pool.terminate()
+            pool.join()
 
 
 def run_embed(cfg, encoder=None):
-    """The `embed` command: cfg from load_embed_config; `encoder` (tests) replaces the configured one."""
+    """The `embed` command: cfg from load_embed_config; `encoder` (tests) replaces the configured one.  Chunked,
+    sharded over ranks and resumable like run_infer.sh (infer.sharding)."""
     start = time.time()
     kind = "images" if cfg.images else "texts"
     src = cfg.images or cfg.texts
-    items = image_items(src) if kind == "images" else text_items(src)  # a missing source fails before loading
-    tokenizer = ErnieTokenizer.from_file(cfg.vocab_file) if kind == "texts" else None
-    encoder = encoder or make_encoder(engine_options(cfg))
-    options = pipeline_options(cfg)
-    remove_stale_temps(cfg.output_file)
-    policy = BadRowPolicy(options.on_bad_row, cfg.bad_row_log or f"{cfg.output_file}.skipped.txt")
-    summary = GallerySummary(output_file=cfg.output_file)
-    strings = ("ids", "texts") if kind == "texts" else ("ids",)
-    writer = NpzWriter(cfg.output_file, matrices=("embeddings",), strings=strings)
-    progress = _progress(cfg.progress, kind)
+    source = image_source(src) if kind == "images" else text_source(src)  # a missing source fails before loading
+    rank, world = current_rank()
+    run = ChunkedRun(cfg.output_file, config_fingerprint(cfg, source.stamp()), source.count, cfg.chunk_rows,
+                     rank, world)
+    summary = GallerySummary(output_file=cfg.output_file, rank=rank, world=world)
+    summary.stale_chunks = run.refuse_stale(run.mine())
+    todo = [c for c in run.mine() if run.meta(c) is None]
+    summary.reused_items = sum(run.rows(c)[1] - run.rows(c)[0] for c in run.mine() if c not in todo)
     try:
-        if kind == "images":
-            embedded = iter_image_embeddings(items, options, encoder, policy, summary, progress)
-        else:
-            embedded = iter_text_embeddings(items, options, encoder, tokenizer, policy, summary, progress)
-        for block in batched(embedded, 1024):
-            columns = {"ids": [item.id for item, _ in block], "embeddings": np.stack([v for _, v in block])}
-            if kind == "texts":
-                columns["texts"] = [item.text for item, _ in block]
-            writer.add(**columns)
-        if summary.embedded == 0:
-            raise InputError(f"{src}: nothing to embed (no usable {kind})")
-        writer.finish(extra={"provenance": np.array(json.dumps(provenance(cfg, kind, encoder)))})
-        policy.close()
+        if todo:
+            _embed_gallery_chunks(run, todo, source, kind, cfg, encoder)
+        if rank == 0:
+            run.wait_for_all()
+            _merge_gallery(run, cfg, kind, summary)
+            run.remove()
     finally:
-        progress.close()
-        writer.cleanup()
-    summary.skipped = dict(policy.reason_counts())
-    summary.bad_row_log = policy.log_path if policy.skipped else ""
+        run.remove_if_empty()
     summary.seconds = time.time() - start
     return summary
 
 
-def provenance(cfg, kind, encoder):
+def _embed_gallery_chunks(run, chunks, source, kind, cfg, encoder):
+    tokenizer = ErnieTokenizer.from_file(cfg.vocab_file) if kind == "texts" else None
+    encoder = encoder or make_encoder(engine_options(cfg))
+    options = pipeline_options(cfg)
+    pool = start_pool(options)
+    progress = _progress(cfg.progress, kind, total=sum(run.rows(c)[1] - run.rows(c)[0] for c in chunks))
+    strings = ("ids", "texts") if kind == "texts" else ("ids",)
+    try:
+        for chunk in chunks:
+            items = source.items(*run.rows(chunk))
+            stats, policy = GallerySummary(), BadRowPolicy(options.on_bad_row)
+            writer = run.writer(chunk, matrices=("embeddings",), strings=strings)
+            try:
+                if kind == "images":
+                    embedded = iter_image_embeddings(items, options, encoder, policy, stats, progress, pool)
+                else:
+                    embedded = iter_text_embeddings(items, options, encoder, tokenizer, policy, stats, progress, pool)
+                for block in batched(embedded, 1024):
+                    columns = {"ids": [item.id for item, _ in block], "embeddings": np.stack([v for _, v in block])}
+                    if kind == "texts":
+                        columns["texts"] = [item.text for item, _ in block]
+                    writer.add(**columns)
+                run.finish(writer, {"items": stats.items, "embedded": stats.embedded, "embed_dim": encoder.embed_dim,
+                                    "skipped": [[b.path, b.line, b.reason] for b in policy.skipped]})
+            finally:
+                writer.cleanup()
+            after_chunk(done=chunks.index(chunk) + 1)
+    finally:
+        progress.close()
+        pool.terminate()
+        pool.join()
+
+
+def _merge_gallery(run, cfg, kind, summary):
+    """Rank 0: the chunks, in order, into OUT.npz (+ provenance) and the bad-row log."""
+    remove_stale_temps(cfg.output_file)
+    policy = BadRowPolicy("skip", cfg.bad_row_log or f"{cfg.output_file}.skipped.txt")
+    strings = ("ids", "texts") if kind == "texts" else ("ids",)
+    writer = NpzWriter(cfg.output_file, matrices=("embeddings",), strings=strings)
+    embed_dim = None
+    try:
+        for chunk in range(run.count):
+            arrays, meta = run.load(chunk)
+            if meta["embedded"]:
+                writer.add(**{name: arrays[name] if name == "embeddings" else list(arrays[name])
+                              for name in ("embeddings",) + strings})
+            summary.items += meta["items"]
+            summary.embedded += meta["embedded"]
+            embed_dim = meta["embed_dim"]
+            policy.skipped += [BadRow(*bad) for bad in meta["skipped"]]
+        if summary.embedded == 0:
+            raise InputError(f"{cfg.images or cfg.texts}: nothing to embed (no usable {kind})")
+        writer.finish(extra={"provenance": np.array(json.dumps(provenance(cfg, kind, embed_dim)))})
+        policy.close()
+    finally:
+        writer.cleanup()
+    summary.skipped = dict(policy.reason_counts())
+    summary.bad_row_log = policy.log_path if policy.skipped else ""
+
+
+def provenance(cfg, kind, embed_dim):
     """What made these embeddings: kept in the .npz, and in the manifest of an index built from it."""
     def absolute(path):
         return os.path.abspath(path) if path else None
@@ -147,7 +213,7 @@ def provenance(cfg, kind, encoder):
             "inference_model_dir": absolute(cfg.inference_model_dir), "vision_model": cfg.vision_model,
             "text_model_config": absolute(cfg.text_model_config), "image_size": cfg.image_size,
             "max_text_seqlen": cfg.max_text_seqlen, "engine": cfg.engine, "precision": cfg.precision,
-            "embed_dim": int(encoder.embed_dim)}
+            "embed_dim": int(embed_dim)}
 
 
 def _counted(items, policy, summary):
@@ -172,6 +238,7 @@ def batched(iterable, size):
         yield batch
 
 
-def _progress(enabled, kind):
+def _progress(enabled, kind, total=None):
     from tqdm import tqdm
-    return tqdm(unit=kind[:-1], desc=f"embedding {kind}", disable=not enabled, dynamic_ncols=True, mininterval=1.0)
+    return tqdm(total=total, unit=kind[:-1], desc=f"embedding {kind}", disable=not enabled, dynamic_ncols=True,
+                mininterval=1.0)

@@ -50,6 +50,8 @@ INFER_SCHEMA = {
     "image_cache_size": 20000,
     "cpu_threads": 0,
     "progress": True,
+    "chunk_rows": Field(10000, type=int, doc="rows per resumable chunk (and per share of a rank)"),
+    "cpu_processes": Field(1, type=int, doc="CPU ranks run_infer.sh starts when given no launcher options"),
 }
 
 
@@ -57,7 +59,7 @@ def load_infer_config(path, overrides=(), schema=INFER_SCHEMA):
     """An inference YAML (official keys + ours) with `-o key=value` overrides, checked."""
     cfg = load_config(schema, path, overrides)
     for key in ("infer_batch_size", "max_text_seqlen", "image_size", "image_cache_size", "prefetch_batches",
-                "text_sort_window"):
+                "text_sort_window", "chunk_rows", "cpu_processes"):
         if cfg[key] < 1:
             raise ConfigError(f"{path}: '{key}' must be >= 1, got {cfg[key]}")
     if cfg.max_text_seqlen < 3:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.tsv import BadRow, read_rows
+from ..data.tsv import BadRow
 from .workers import prefetched, prepare_batch, start_pool
 
 
@@ -70,20 +70,23 @@ def _jobs(plans):
         yield plan, ([r.text for r in plan.rows], [first_row[k].image_b64 for k in plan.new_keys])
 
 
-def iter_embeddings(path, options, encoder, tokenizer, policy, stats, progress=None):
-    """Yield (row, text_embedding, image_embedding) for every good row of the TSV `path`, in input order.
+def iter_embeddings(rows, options, encoder, tokenizer, policy, stats, progress=None, pool=None):
+    """Yield (row, text_embedding, image_embedding) for every good row of `rows` (Row / BadRow values, e.g.
+    data.tsv.read_rows), in input order.
 
-    Bad rows go to `policy`; `stats` (a Summary) receives the row and image counts.  Images are encoded per
+    Bad rows go to `policy`; `stats` (a Summary) accumulates the row and image counts.  Images are encoded per
     planned batch; texts wait for `text_sort_window` rows, are batched by length (`encode_texts_by_length`),
-    and then the window's rows are yielded in input order."""
-    pool = start_pool(options)
+    and then the window's rows are yielded in input order.  `pool`: a worker pool to use (and keep); by
+    default one is started and stopped here."""
+    own_pool = pool is None
+    pool = start_pool(options) if own_pool else pool
     depth = max(options.prefetch_batches, options.num_workers)
     scheduled = _LRU(options.image_cache_size)
     # Sized so that every image the planner counted as scheduled is still here when its rows are written (up
     # to `depth` batches ahead of the model, and a text window plus one batch behind it).
     embeddings = _LRU(options.image_cache_size + (depth + 1) * options.batch_size + options.text_sort_window)
     failed = _LRU(embeddings.capacity)
-    counted = _RowCounter(read_rows(path))
+    counted = _RowCounter(rows)
     window = []  # (row, image key, token ids [L]) of rows whose texts are not encoded yet
 
     def flush():
@@ -104,7 +107,7 @@ def iter_embeddings(path, options, encoder, tokenizer, policy, stats, progress=N
             for i, (row, key) in enumerate(zip(plan.rows, plan.keys)):
                 if key in failed:
                     failed.move_to_end(key)
-                    policy(BadRow(path, row.line, failed[key]))
+                    policy(BadRow(row.path, row.line, failed[key]))
                     if progress is not None:
                         progress.update(1)
                 else:
@@ -115,9 +118,10 @@ def iter_embeddings(path, options, encoder, tokenizer, policy, stats, progress=N
         if window:
             yield from flush()
     finally:
-        pool.terminate()
-        pool.join()
-        stats.rows = counted.count
+        if own_pool:
+            pool.terminate()
+            pool.join()
+        stats.rows += counted.count
         stats.images_reused = stats.written - stats.images_encoded
 
 

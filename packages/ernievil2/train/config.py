@@ -5,6 +5,7 @@ import os
 from ..config import REQUIRED, Field, load_config
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..errors import ConfigError
+from ..runtime import launch_plan as runtime_launch_plan
 from .loss_config import LossConfig
 
 TRAIN_SCHEMA = {
@@ -111,13 +112,7 @@ def load_train_config(path, overrides=()):
 
 
 def launch_plan(cfg, gpu_count):
-    """How run_train.sh starts training when it gets no launcher options: ("single",) for one process, or
-    ("launch", *options) for paddle.distributed.launch (one rank per visible GPU, or cfg.cpu_processes CPU
-    ranks).  The launcher's per-rank logs go to output_dir/launch_log instead of ./log."""
-    logs = ("--log_dir", os.path.join(cfg.output_dir, "launch_log"))
-    on_gpu = cfg.device != "cpu" and gpu_count > 0
-    if on_gpu:
-        return ("launch",) + logs if gpu_count > 1 else ("single",)
-    if cfg.cpu_processes > 1:
-        return ("launch", "--nproc_per_node", str(cfg.cpu_processes)) + logs
-    return ("single",)
+    """How run_train.sh starts training when it gets no launcher options (runtime.launch_plan): one rank per
+    visible GPU, or cfg.cpu_processes CPU ranks; the launcher's per-rank logs go to output_dir/launch_log."""
+    return runtime_launch_plan(cfg.cpu_processes, os.path.join(cfg.output_dir, "launch_log"),
+                               gpu_count if cfg.device != "cpu" else 0)

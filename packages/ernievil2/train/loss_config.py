@@ -40,7 +40,7 @@ class LossConfig:
     cross_modal_image_view: int = 2  # the paper's figure pairs image view 2 ...
     cross_modal_text_view: int = 1   # ... with text view 1
     negatives: str = "full"          # full | local (see module docstring)
-    mask_duplicates: str = "both"    # none | image | caption | both: rows of the same image / text are no negatives
+    mask_duplicates: str = "image"   # none | image | caption | both: rows of the same image / text are no negatives
     max_logit_scale: float = 100.0   # clamp_logit_scale_ keeps exp(t) in [1, max_logit_scale]
     tag_prompt: str = TAG_PROMPT     # object-tag text = tag_prompt + tag_separator.join(tags)
     tag_separator: str = TAG_SEPARATOR

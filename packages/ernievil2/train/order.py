@@ -1,8 +1,8 @@
 """The order in which training rows are visited, with memory independent of the number of rows.
 
 Epoch e shuffles the shard order (seeded by (seed, e)); consecutive groups of `window` shards are then shuffled
-row by row with a keyed bijection on the window's rows (computed per position, never materialised), so reading
-stays within a few files at a time.  Global batches are consecutive runs of that order; rank r takes its slice
+row by row (a numpy permutation for windows of up to MATERIALISED_ROWS rows, beyond that a keyed bijection
+computed per position and never materialised), so reading stays within a few files at a time.  Global batches are consecutive runs of that order; rank r takes its slice
 of each, so the batches do not depend on the number of ranks, and batch g can be found directly (exact resume).
 """
 import numpy as np
@@ -11,6 +11,9 @@ import paddle
 from ..errors import ConfigError
 
 _ROUNDS = 4
+# Windows up to this many rows are permuted with a materialised numpy permutation (at most 32 MB of int64);
+# larger ones with KeyedPermutation, which needs no memory per row.
+MATERIALISED_ROWS = 1 << 22
 
 
 class KeyedPermutation:
@@ -61,9 +64,17 @@ class EpochOrder:
         self.windows = [np.sort(shards[i:i + self.window]) for i in range(0, len(shards), self.window)]
         sizes = [int(self.counts[w].sum()) for w in self.windows]
         self.window_starts = np.concatenate(([0], np.cumsum(sizes)))
-        self.permutations = [KeyedPermutation(size, [self.seed, epoch, k, 0xF00D]) if self.shuffle and size else None
+        self.permutations = [self._permutation(epoch, k, size) if self.shuffle and size else None
                              for k, size in enumerate(sizes)]
         self._epoch = epoch
+
+    def _permutation(self, epoch, window, size):
+        if size > MATERIALISED_ROWS:
+            return KeyedPermutation(size, [self.seed, epoch, window, 0xF00D])
+        # One window over all rows keeps the key of the earlier global shuffle, so its runs replay the same order.
+        key = [self.seed, epoch, 0x5EED] if len(self.windows) == 1 else [self.seed, epoch, window, 0xF00D]
+        order = np.random.default_rng(key).permutation(size)
+        return lambda positions: order[positions]
 
     def rows(self, epoch, positions):
         """Global row numbers for positions (int array, each < total) of epoch `epoch`."""
