@@ -18,6 +18,7 @@ if PADDLE_DIST not in ("paddlepaddle", "paddlepaddle-gpu"):
 # Both install beside the core pins (pip check is clean); the tests use them, so the test extra includes them.
 SEARCH = ["faiss-cpu>=1.8", "fastapi>=0.100", "uvicorn>=0.20", "python-multipart>=0.0.9", "httpx>=0.24"]
 MILVUS = ["pymilvus>=2.4.2", "milvus-lite>=2.4.0"]
+OPENVINO = ["openvino>=2024.0"]  # engine openvino: precision bf16 on AMX / AVX512-BF16 CPUs (README)
 
 
 def read_requirements():
@@ -43,5 +44,6 @@ setup(
     packages=find_packages("packages"),
     package_data={"ernievil2.serve": ["page.html"]},
     install_requires=read_requirements(),
-    extras_require={"search": SEARCH, "milvus": MILVUS, "test": ["pytest>=7", "selenium>=4.10", *SEARCH, *MILVUS]},
+    extras_require={"search": SEARCH, "milvus": MILVUS, "openvino": OPENVINO,
+                    "test": ["pytest>=7", "selenium>=4.10", *SEARCH, *MILVUS, *OPENVINO]},
 )

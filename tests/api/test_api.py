@@ -41,9 +41,11 @@ def golden_inputs(golden_dir, tmp_path_factory):
             "image_ref": image_ref}
 
 
-@pytest.mark.parametrize("engine", ["paddle_inference", "eager"])
+@pytest.mark.parametrize("engine", ["paddle_inference", "eager", "openvino"])
 def test_golden_parity_for_every_input_kind(engine, golden_inputs, reference_checkpoint, vocab_path):
     import ernievil2
+    if engine == "openvino":
+        pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install -e \".[openvino]\")")
     model = ernievil2.load(reference_checkpoint, vocab_file=vocab_path, device="cpu", engine=engine)
     assert model.embed_dim == 768
     text = model.encode_text(golden_inputs["texts"], batch_size=5)

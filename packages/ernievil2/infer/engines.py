@@ -5,11 +5,13 @@ import json
 import os
 import sys
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, RuntimeSupportError
 from ..interop.convert import load_any_layout
 from ..interop.export import export_towers, read_export_meta
 from ..model.dual_encoder import build_model
-from ..runtime import resolve_device, set_cpu_threads
+from ..runtime import cpu_has_bf16, resolve_device, set_cpu_threads
+from .fidelity import checked
+from .openvino_engine import available as openvino_available
 from .options import WEIGHTS_HELP
 
 
@@ -21,6 +23,7 @@ class EagerEncoder:
         self.paddle = paddle
         self.model = model
         model.eval()
+        self.precision = "fp32"
 
     @property
     def embed_dim(self):
@@ -51,27 +54,66 @@ def load_model(options):
 def make_encoder(options):
     """The encoder EngineOptions ask for.
 
-    engine auto: Paddle Inference (oneDNN) on the CPU, where it is faster than eager (README: "Measured
-    results"), exporting the towers once per weights file into a cache; eager on the GPU."""
+    engine auto: eager on the GPU; on the CPU Paddle Inference (oneDNN; faster than eager, README: "Measured
+    results"), or OpenVINO for bf16 when it is installed (faster still).  The towers are exported once per
+    weights file into a cache.  precision auto: the fastest mode this CPU supports whose fidelity to fp32
+    passes (bf16 on AVX512-BF16/AMX, else fp32); an approximate mode is checked against fp32 before use."""
     device = resolve_device(options.device)
     if device == "cpu":
         set_cpu_threads(options.cpu_threads)
-    engine = options.engine
-    if engine == "auto":
-        engine = "paddle_inference" if device == "cpu" else "eager"
-    if options.precision != "fp32" and (engine != "paddle_inference" or device != "cpu"):
-        raise ConfigError(f"precision {options.precision} is for engine paddle_inference on the CPU (this run: "
-                          f"engine {engine} on {device}); use precision fp32")
-    needs_weights = engine == "eager" or not options.inference_model_dir
-    if needs_weights and not (options.weights and os.path.isfile(options.weights)):
-        raise InputError(f"init_from_params: file not found: {options.weights}. {WEIGHTS_HELP}")
-    if engine == "paddle_inference":
+    candidates = _precisions(options.precision, device)
+    for precision in candidates:
+        engine = _engine(options.engine, device, precision)
+        if precision != "fp32" and (engine not in ("paddle_inference", "openvino") or device != "cpu"):
+            raise ConfigError(f"precision {precision} is for engine paddle_inference on the CPU (or openvino; this "
+                              f"run: engine {engine} on {device}); use precision fp32")
+        needs_weights = engine == "eager" or not options.inference_model_dir
+        if needs_weights and not (options.weights and os.path.isfile(options.weights)):
+            raise InputError(f"init_from_params: file not found: {options.weights}. {WEIGHTS_HELP}")
+        try:
+            return _build(engine, device, precision, options)
+        except RuntimeSupportError as e:
+            if options.precision != "auto" or precision == candidates[-1]:
+                raise
+            print(f"note: precision auto: {precision} is not usable here ({e}); trying {candidates[-1]}",
+                  file=sys.stderr)
+    raise AssertionError("unreachable: the last candidate returns or raises")
+
+
+def _precisions(requested, device):
+    if requested != "auto":
+        return [requested]
+    return ["bf16", "fp32"] if device == "cpu" and cpu_has_bf16() else ["fp32"]
+
+
+def _engine(requested, device, precision):
+    if requested != "auto":
+        return requested
+    if device != "cpu":
+        return "eager"
+    return "openvino" if precision == "bf16" and openvino_available() else "paddle_inference"
+
+
+def _build(engine, device, precision, options):
+    if engine == "eager":
+        return EagerEncoder(load_model(options))
+    model_dir = options.inference_model_dir or cached_export(options)
+    if engine == "openvino":
+        from .openvino_engine import OpenVinoEncoder
+
+        def make(mode):
+            return OpenVinoEncoder(model_dir, precision=mode, cpu_threads=options.cpu_threads,
+                                   image_batch=options.text_batch)
+    else:
         from .predictor import PredictorEncoder
-        model_dir = options.inference_model_dir or cached_export(options)
-        return PredictorEncoder(model_dir, device=device, cpu_threads=options.cpu_threads,
-                                precision=options.precision, text_batch=options.text_batch,
-                                text_max_len=options.max_text_len)
-    return EagerEncoder(load_model(options))
+
+        def make(mode):
+            return PredictorEncoder(model_dir, device=device, cpu_threads=options.cpu_threads, precision=mode,
+                                    text_batch=options.text_batch, text_max_len=options.max_text_len)
+    encoder = make(precision)
+    if precision == "fp32":
+        return encoder
+    return checked(encoder, lambda: make("fp32"), model_dir, engine, precision)
 
 
 EXPORT_CACHE_VERSION = 2  # bumped when exports gain something older ones lack (2: the logit scale)

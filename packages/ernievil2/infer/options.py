@@ -34,11 +34,11 @@ INFER_SCHEMA = {
     # --- our additions ---
     "vision_model": Field("vit_b16", type=(str, dict)),
     "image_size": 224,
-    "engine": Field("auto", choices=("auto", "eager", "paddle_inference")),
+    "engine": Field("auto", choices=("auto", "eager", "paddle_inference", "openvino")),
     "inference_model_dir": Field(None, type=str, doc="exported towers; null: export init_from_params once"),
-    "precision": Field("fp32", choices=("fp32", "bf16"),
-                       doc="paddle_inference on the CPU: bf16 runs oneDNN's bfloat16 kernels (CPUs with "
-                           "AVX512-BF16/AMX; faster and approximate, see the README)"),
+    "precision": Field("fp32", choices=("fp32", "bf16", "auto"),
+                       doc="fp32 reproduces the official embeddings; bf16 (CPUs with AVX512-BF16/AMX) is faster and "
+                           "approximate; auto: the fastest mode whose fidelity to fp32 passes on this CPU"),
     "num_workers": 1,
     "prefetch_batches": 4,
     "text_sort_window": Field(128, type=int, doc="rows whose captions are grouped by length before the texts are "

@@ -3,8 +3,8 @@
 
 On the CPU, oneDNN keeps primitives and a copy of a tower's weights reordered for them per distinct input
 shape, so the predictor only ever sees a few shapes (`fixed_shapes`, see the README: "Memory on the CPU"):
-images one at a time, texts in blocks of `text_batch` rows padded to one of at most TEXT_WIDTHS widths.  The
-shape-cache bound is a backstop above that.
+images one at a time, texts one alone or in blocks of `text_batch` rows, padded to one of at most TEXT_WIDTHS
+widths.  The shape-cache bound is a backstop above that.
 """
 import os
 
@@ -14,7 +14,7 @@ from ..errors import ConfigError, InferenceModelError, RuntimeSupportError
 from ..interop.export import TOWERS, read_export_meta
 from .. import runtime
 
-ONEDNN_SHAPE_CACHE = 8
+ONEDNN_SHAPE_CACHE = 10  # 1 or text_batch rows x TEXT_WIDTHS widths, one image shape, and a spare
 TEXT_WIDTHS = 4
 
 
@@ -56,6 +56,7 @@ class PredictorEncoder:
         self.vocab_size = self.meta.get("vocab_size")
         self.pad_id = int(self.meta.get("pad_token_id", 0))
         self.device = device
+        self.precision = precision
         # A few fixed input shapes for oneDNN (see ONEDNN_SHAPE_CACHE); outputs are the same either way.
         self.fixed_shapes = (device == "cpu" and use_onednn) if fixed_shapes is None else bool(fixed_shapes)
         if text_batch < 1:
@@ -159,10 +160,13 @@ class PredictorEncoder:
         if not self.fixed_shapes or not len(ids):
             return self._run("text", ids)
         width = fixed_text_width(ids.shape[1], self.text_longest)
+        # One text (a search query) runs alone: a block of text_batch rows would cost text_batch texts.  So the
+        # shapes are 1 or text_batch rows by at most TEXT_WIDTHS widths.
+        rows = 1 if len(ids) == 1 else self.text_batch
         out = []
-        for start in range(0, len(ids), self.text_batch):
-            chunk = ids[start:start + self.text_batch]
-            block = np.full((self.text_batch, width), self.pad_id, np.int64)
+        for start in range(0, len(ids), rows):
+            chunk = ids[start:start + rows]
+            block = np.full((rows, width), self.pad_id, np.int64)
             block[:, :chunk.shape[1]] = chunk[0]  # filler rows repeat a real text (never an all-padding row)
             block[:len(chunk), :chunk.shape[1]] = chunk
             out.append(self._run("text", block)[:len(chunk)])

@@ -203,6 +203,20 @@ def export_onnx(model_dir, opset=17, towers=None):
     return written
 
 
+def ensure_onnx(model_dir, towers=TOWERS):
+    """{tower: path of its model.onnx}, converting (once) the towers that have none yet."""
+    meta = read_export_meta(model_dir)
+    missing = [t for t in towers if not os.path.isfile(os.path.join(model_dir, t, "model.onnx"))]
+    if missing:
+        try:
+            export_onnx(model_dir, towers=missing)
+        except ImportError:
+            raise ExportError("paddle2onnx is needed to run the towers outside Paddle: "
+                              "pip install paddle2onnx") from None
+        meta = read_export_meta(model_dir)
+    return {t: os.path.join(model_dir, t, "model.onnx") for t in towers if t in meta["towers"]}
+
+
 # ---------------------------------------------------------------- checks and the command line
 
 def compare_with_eager(model, encoder, batch=2, text_len=12, seed=0):

@@ -2,8 +2,9 @@
 
 Epoch e shuffles the shard order (seeded by (seed, e)); consecutive groups of `window` shards are then shuffled
 row by row (a numpy permutation for windows of up to MATERIALISED_ROWS rows, beyond that a keyed bijection
-computed per position and never materialised), so reading stays within a few files at a time.  Global batches are consecutive runs of that order; rank r takes its slice
-of each, so the batches do not depend on the number of ranks, and batch g can be found directly (exact resume).
+computed per position and never materialised), so reading stays within a few files at a time.  Global batches
+are consecutive runs of that order; rank r takes its slice of each, so the batches do not depend on the number
+of ranks, and batch g can be found directly (exact resume).
 """
 import numpy as np
 import paddle

@@ -1,0 +1,83 @@
+"""`engine: openvino`: the exported towers (their ONNX copies, interop.export) compiled by OpenVINO for the CPU,
+with the interface of engines.EagerEncoder.  Optional (`pip install -e ".[openvino]"`).
+
+OpenVINO runs `precision: bf16` on AMX / AVX512-BF16 with its own fused kernels (no conversions between ops,
+weights converted once at compile time) and `fp32` exactly; it keeps one copy of the weights for every input
+shape, so text widths are only rounded up to a multiple of WIDTH_STEP (bounded kernel caches, little padding).
+"""
+import os
+
+import numpy as np
+
+from ..errors import RuntimeSupportError
+from ..interop.export import TOWERS, ensure_onnx, read_export_meta
+
+WIDTH_STEP = 8
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def available():
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OpenVinoEncoder:
+    """Token ids / pixels -> L2-normalised float32 numpy embeddings through OpenVINO's CPU plugin."""
+
+    def __init__(self, model_dir, precision="fp32", cpu_threads=0, towers=TOWERS, image_batch=8):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise RuntimeSupportError("engine openvino needs OpenVINO: pip install -e \".[openvino]\"") from None
+        if precision not in PRECISION_HINTS:
+            raise RuntimeSupportError(f"engine openvino runs precision fp32 or bf16, not {precision}")
+        self.meta = read_export_meta(model_dir)
+        self.model_dir = model_dir
+        self.embed_dim = int(self.meta["embed_dim"])
+        self.image_size = int(self.meta["image_size"])
+        self.pad_id = int(self.meta.get("pad_token_id", 0))
+        self.image_batch = max(1, int(image_batch))
+        self.precision = precision
+        files = ensure_onnx(model_dir, towers)
+        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+                  "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(cpu_threads or os.cpu_count() or 1)}
+        core = ov.Core()
+        self._requests = {tower: core.compile_model(path, "CPU", config).create_infer_request()
+                          for tower, path in files.items()}
+
+    @property
+    def towers(self):
+        return tuple(self._requests)
+
+    @property
+    def logit_scale(self):
+        value = self.meta.get("logit_scale")
+        return None if value is None else float(value)
+
+    def _run(self, tower, array):
+        if tower not in self._requests:
+            raise ValueError(f"this encoder was created without the {tower} tower")
+        if array.shape[0] == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return np.array(self._requests[tower].infer({0: array})[0], dtype=np.float32)
+
+    def encode_text(self, ids):
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"encode_text: expected integer token ids [batch, length], got {ids.dtype} "
+                             f"{list(ids.shape)}")
+        width = -(-ids.shape[1] // WIDTH_STEP) * WIDTH_STEP
+        padded = np.full((len(ids), width), self.pad_id, np.int64)
+        padded[:, :ids.shape[1]] = ids
+        return self._run("text", padded)
+
+    def encode_image(self, pixels):
+        pixels = np.ascontiguousarray(pixels, np.float32)
+        s = self.image_size
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, s, s):
+            raise ValueError(f"encode_image: expected pixels [batch, 3, {s}, {s}], got {list(pixels.shape)}")
+        return np.concatenate([self._run("image", pixels[i:i + self.image_batch])
+                               for i in range(0, len(pixels), self.image_batch)] or [self._run("image", pixels)])
