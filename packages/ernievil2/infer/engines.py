@@ -61,7 +61,7 @@ def make_encoder(options):
     device = resolve_device(options.device)
     if device == "cpu":
         set_cpu_threads(options.cpu_threads)
-    candidates = _precisions(options.precision, device)
+    candidates = _precisions(options.precision, device, options.engine)
     for precision in candidates:
         engine = _engine(options.engine, device, precision)
         if precision != "fp32" and (engine not in ("paddle_inference", "openvino") or device != "cpu"):
@@ -80,10 +80,11 @@ def make_encoder(options):
     raise AssertionError("unreachable: the last candidate returns or raises")
 
 
-def _precisions(requested, device):
+def _precisions(requested, device, engine):
     if requested != "auto":
         return [requested]
-    return ["bf16", "fp32"] if device == "cpu" and cpu_has_bf16() else ["fp32"]
+    low_precision = device == "cpu" and engine != "eager" and cpu_has_bf16()
+    return ["bf16", "fp32"] if low_precision else ["fp32"]
 
 
 def _engine(requested, device, precision):

@@ -147,12 +147,12 @@ def run_embed(cfg, encoder=None):
 
 def _embed_gallery_chunks(run, chunks, source, kind, cfg, encoder):
     tokenizer = ErnieTokenizer.from_file(cfg.vocab_file) if kind == "texts" else None
-    encoder = encoder or make_encoder(engine_options(cfg))
     options = pipeline_options(cfg)
-    pool = start_pool(options)
+    pool = start_pool(options)  # first: the workers start while the model loads here
     progress = _progress(cfg.progress, kind, total=sum(run.rows(c)[1] - run.rows(c)[0] for c in chunks))
     strings = ("ids", "texts") if kind == "texts" else ("ids",)
     try:
+        encoder = encoder or make_encoder(engine_options(cfg))
         for chunk in chunks:
             items = source.items(*run.rows(chunk))
             stats, policy = GallerySummary(), BadRowPolicy(options.on_bad_row)

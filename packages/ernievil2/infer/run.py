@@ -127,10 +127,10 @@ def run_inference(cfg, encoder=None):
 
 
 def _embed_chunks(run, chunks, index, cfg, encoder, tokenizer, options, show_progress):
-    encoder = encoder or make_encoder(engine_options(cfg))
-    pool = start_pool(options)
+    pool = start_pool(options)  # first: the workers load the vocabulary while the model loads here
     progress = _progress(show_progress, total=sum(run.rows(c)[1] - run.rows(c)[0] for c in chunks))
     try:
+        encoder = encoder or make_encoder(engine_options(cfg))
         for chunk in chunks:
             first, stop = run.rows(chunk)
             rows = (parse_row(raw, path, line) for path, line, raw in index.iter_raw(first, stop))
