@@ -19,6 +19,7 @@ if PADDLE_DIST not in ("paddlepaddle", "paddlepaddle-gpu"):
 SEARCH = ["faiss-cpu>=1.8", "fastapi>=0.100", "uvicorn>=0.20", "python-multipart>=0.0.9", "httpx>=0.24"]
 MILVUS = ["pymilvus>=2.4.2", "milvus-lite>=2.4.0"]
 OPENVINO = ["openvino>=2024.0"]  # engine openvino: precision bf16 on AMX / AVX512-BF16 CPUs (README)
+INT8 = [*OPENVINO, "nncf>=2.14"]  # precision int8: post-training quantisation for OpenVINO
 
 
 def read_requirements():
@@ -44,6 +45,6 @@ setup(
     packages=find_packages("packages"),
     package_data={"ernievil2.serve": ["page.html"]},
     install_requires=read_requirements(),
-    extras_require={"search": SEARCH, "milvus": MILVUS, "openvino": OPENVINO,
-                    "test": ["pytest>=7", "selenium>=4.10", *SEARCH, *MILVUS, *OPENVINO]},
+    extras_require={"search": SEARCH, "milvus": MILVUS, "openvino": OPENVINO, "int8": INT8,
+                    "test": ["pytest>=7", "selenium>=4.10", *SEARCH, *MILVUS, *INT8]},
 )

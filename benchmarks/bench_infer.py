@@ -4,7 +4,8 @@ algorithm), with the full-size Base model on the CPU.
     python benchmarks/bench_infer.py [--rows 40,240] [--engines eager,paddle_inference,openvino_bf16,...]
                                      [--skip-baseline] [--query-latency] [--startup]
 
-Engines: eager, paddle_inference, openvino, each with `_bf16` for precision bf16.  --query-latency also times one
+Engines: eager, paddle_inference, openvino, each with `_bf16` for precision bf16, and openvino_int8 (quantised
+once, before the timed runs, on 300 generated calibration rows of the same kind).  --query-latency also times one
 text query through the Python API (median of 50 after warm-up); --startup runs a 1-row file (start-up cost).
 
 The baseline runs on the smallest file only (its throughput does not depend on the file size).
@@ -75,11 +76,19 @@ def run_measured(cmd, env=None):
     return float(seconds), float(rss)
 
 
+def split_engine(name):
+    """'openvino_bf16' -> ('openvino', 'bf16'); 'eager' -> ('eager', 'fp32')."""
+    for precision in ("bf16", "int8"):
+        if name.endswith("_" + precision):
+            return name.removesuffix("_" + precision), precision
+    return name, "fp32"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="40,240")
     ap.add_argument("--engines", default="eager,paddle_inference",
-                    help="comma-separated; <engine>_bf16 = that engine with precision bf16")
+                    help="comma-separated; <engine>_bf16 / _int8 = that engine with precision bf16 / int8")
     ap.add_argument("--query-latency", action="store_true")
     ap.add_argument("--startup", action="store_true")
     ap.add_argument("--skip-baseline", action="store_true")
@@ -100,6 +109,15 @@ def main():
     if any(e.startswith(("paddle_inference", "openvino")) for e in engines) and not os.path.isdir(export_dir):
         subprocess.run([sys.executable, "-m", "ernievil2", "export", base_cfg, *common,
                         "-o", f"inference_model_dir={export_dir}"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    calibration = os.path.join(work, "calibration.tsv")
+    if any(split_engine(e)[1] == "int8" for e in engines):
+        write_tsv(calibration, 300, 1, seed=1)
+        warm = write_tsv(os.path.join(work, "warm.tsv"), 1, 1, seed=2)
+        subprocess.run(["bash", "run_infer.sh", "cpu", base_cfg, *common, "-o", f"test_file={warm}",
+                        "-o", f"output_file={os.path.join(work, 'warm.out')}", "-o", "engine=openvino",
+                        "-o", "precision=int8", "-o", f"calibration_file={calibration}",
+                        "-o", f"inference_model_dir={export_dir}"], check=True, cwd=REPO)
+    common += ["-o", f"calibration_file={calibration}"]
     results = []
     row_counts = [int(r) for r in args.rows.split(",")]
     if args.startup:
@@ -120,10 +138,10 @@ def main():
                                         run=f"baseline (official algorithm, {label})",
                                         seconds=sec, pairs_per_sec=rows / sec, peak_rss_mb=rss))
             for engine in engines:
-                precision = "bf16" if engine.endswith("_bf16") else "fp32"
+                kind, precision = split_engine(engine)
                 cmd = ["bash", "run_infer.sh", "cpu", base_cfg, *common, "-o", f"test_file={tsv}",
                        "-o", f"output_file={os.path.join(work, 'ours.out')}",
-                       "-o", f"engine={engine.removesuffix('_bf16')}", "-o", f"precision={precision}",
+                       "-o", f"engine={kind}", "-o", f"precision={precision}",
                        "-o", f"inference_model_dir={export_dir}"]
                 sec, rss = run_measured(cmd)
                 results.append(dict(rows=rows, captions_per_image=per_image, run=f"run_infer.sh ({engine})",
@@ -141,22 +159,22 @@ def main():
         print(f"| {r['rows']} | {r['captions_per_image']} | {r['run']} | {r['seconds']:.1f} | "
               f"{r['pairs_per_sec']:.2f} | {ratio} | {r['peak_rss_mb']:.0f} |")
     if args.query_latency:
-        query_latency(engines, weights, vocab, export_dir)
+        query_latency(engines, weights, vocab, export_dir, calibration)
 
 
-def query_latency(engines, weights, vocab, export_dir):
+def query_latency(engines, weights, vocab, export_dir, calibration):
     """One text query through the Python API, per engine: the latency the search service lives on."""
     code = ("import sys, time, statistics; sys.path.insert(0, sys.argv[5]); import ernievil2; "
             "m = ernievil2.load(sys.argv[1], vocab_file=sys.argv[2], engine=sys.argv[3], precision=sys.argv[4], "
-            "device='cpu', inference_model_dir=sys.argv[6]); q = ['红色的汽车停在路边']; "
+            "device='cpu', inference_model_dir=sys.argv[6], calibration_file=sys.argv[7]); q = ['红色的汽车停在路边']; "
             "[m.encode_text(q) for _ in range(5)]; t = []\n"
             "for _ in range(50):\n s = time.perf_counter(); m.encode_text(q); t.append(time.perf_counter() - s)\n"
             "print(round(statistics.median(t) * 1000, 1))")
     print("\n| engine | one text query, median (ms) |\n|---|---|")
     for engine in engines:
-        precision = "bf16" if engine.endswith("_bf16") else "fp32"
-        out = subprocess.run([sys.executable, "-c", code, weights, vocab, engine.removesuffix("_bf16"), precision,
-                              os.path.join(REPO, "packages"), export_dir], capture_output=True, text=True)
+        kind, precision = split_engine(engine)
+        out = subprocess.run([sys.executable, "-c", code, weights, vocab, kind, precision,
+                              os.path.join(REPO, "packages"), export_dir, calibration], capture_output=True, text=True)
         print(f"| {engine} | {out.stdout.strip().splitlines()[-1] if out.returncode == 0 else out.stderr[-200:]} |")
 
 

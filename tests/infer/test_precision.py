@@ -1,13 +1,15 @@
-"""Precision modes on the CPU: fp32 engines reproduce the official embeddings; bf16 stays within its documented
-bar of fp32 (skipped without AVX512-BF16/AMX); a mode this CPU cannot run, or whose fidelity fails, is refused
+"""Precision modes on the CPU: fp32 engines reproduce the official embeddings; bf16 and int8 stay within their
+documented bars of fp32 (skipped without AVX512-BF16/AMX, AMX-INT8/AVX512-VNNI); a mode this CPU cannot run, or whose fidelity fails, is refused
 with a clear message; `auto` picks a passing mode; the bf16 paths see bounded input shapes."""
+import os
+
 import numpy as np
 import pytest
 
 from conftest import make_tiny_model
 from ernievil2.errors import RuntimeSupportError
 from ernievil2.infer import fidelity
-from ernievil2.runtime import cpu_has_bf16
+from ernievil2.runtime import cpu_has_bf16, cpu_has_int8
 
 openvino = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install -e \".[openvino]\")")
 NEEDS_BF16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has neither AVX512-BF16 nor AMX-BF16")
@@ -56,11 +58,9 @@ def test_modes_are_refused_where_they_cannot_run_or_fail_their_bar(tiny_export, 
         encoders(tiny_export, "paddle_inference", "bf16")
     options = EngineOptions(inference_model_dir=tiny_export, device="cpu", engine="paddle_inference",
                             precision="auto", image_size=32)
-    monkeypatch.setattr("ernievil2.infer.engines.cpu_has_bf16", lambda *a: False)
     assert make_encoder(options).precision == "fp32"  # auto on such a CPU: fp32
     # a CPU with bf16 whose bf16 results fail the bar (simulated with an impossible bar): refused, auto falls back
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda *a: True)
-    monkeypatch.setattr("ernievil2.infer.engines.cpu_has_bf16", lambda *a: True)
     monkeypatch.setattr(fidelity, "FIDELITY_BAR", {"bf16": 1.5})
     monkeypatch.setattr(fidelity, "cpu_signature", lambda: "simulated")
     for engine in ("openvino", "paddle_inference"):
@@ -100,3 +100,108 @@ def test_openvino_sees_text_widths_in_steps_of_eight(tiny_export):
         encoder.encode_text(ids)
     widths = {shape[1] for tower, shape in seen if tower == "text"}
     assert widths == {8, 16, 24, 32, 40} and all(w % WIDTH_STEP == 0 for w in widths)
+
+
+# ------------------------------------------------------------------------------------------------------ int8
+
+NEEDS_INT8 = pytest.mark.skipif(not cpu_has_int8(), reason="this CPU has neither AMX-INT8 nor AVX512-VNNI")
+
+
+def calibration_tsv(path, rows=24):
+    """Rows like the user's data: short Chinese captions and small photos-like images (smooth colour fields with a
+    shape), a few images shared by two captions."""
+    import base64
+
+    import cv2
+    rng = np.random.default_rng(3)
+    words = ["红色", "蓝色", "一只", "小狗", "汽车", "停在", "路边", "草地", "上", "奔跑", "的", "猫", "天空"]
+    lines = []
+    for i in range(rows):
+        image_id = i - i % 2 if i < 8 else i  # rows 0-7: pairs of captions share an image
+        r = np.random.default_rng(image_id)
+        img = np.clip(np.linspace(0, 255, 48)[None, :, None] * r.uniform(0.2, 1, 3) + r.uniform(0, 60, 3), 0, 255)
+        img = np.repeat(img, 40, axis=0).astype(np.uint8)
+        cv2.circle(img, (int(r.integers(8, 40)), int(r.integers(8, 32))), 7, tuple(int(v) for v in r.integers(0, 255, 3)),
+                   -1)
+        b64 = base64.b64encode(cv2.imencode(".jpg", img)[1].tobytes()).decode()
+        caption = "".join(rng.choice(words, int(rng.integers(2, 9))))
+        lines.append(f"{caption}\t{image_id}\t{b64}\n")
+    lines.insert(5, "a broken row without columns\n")  # calibration skips what it cannot read
+    path.write_text("".join(lines), encoding="utf-8")
+    return str(path)
+
+
+def calibration_options(tsv, rows=24):
+    from conftest import VOCAB, need_shared
+    from ernievil2.infer.options import CalibrationOptions
+    need_shared(VOCAB)
+    return CalibrationOptions(files=tsv, rows=rows, vocab_file=VOCAB, max_text_len=48, image_size=32)
+
+
+@NEEDS_INT8
+def test_int8_is_quantised_once_within_its_bar_of_fp32_and_auto_picks_it(tiny_export, tmp_path, monkeypatch):
+    pytest.importorskip("nncf", reason="NNCF is not installed (pip install -e \".[int8]\")")
+    from ernievil2.infer import quantize
+    from ernievil2.infer.engines import make_encoder
+    from ernievil2.infer.options import EngineOptions
+    calibration = calibration_options(calibration_tsv(tmp_path / "calib.tsv"))
+    samples = quantize.calibration_samples([calibration.files], 24, calibration.vocab_file,
+                                           48, 32, 10 ** 6)
+    assert len(samples["text"]) == 24 and len(samples["image"]) == 20  # the bad row skipped, shared images once
+    assert all(ids.shape[1] % 8 == 0 and ids[0, 0] == 1 for ids in samples["text"])
+    int8 = quantize.int8_encoder(tiny_export, calibration, cpu_threads=1)
+    xml = open(os.path.join(tiny_export, "int8", int8.variant, "text.xml"), encoding="utf-8").read()
+    assert xml.count('type="FakeQuantize"') >= 8  # the linear layers really are quantised
+    cosine = fidelity.lowest_cosine(int8, encoders(tiny_export, "openvino", "fp32"), 32, 40000)
+    assert fidelity.FIDELITY_BAR["int8"] <= cosine < 0.99999
+    # the second use reads the cache: quantising again would fail here
+    monkeypatch.setattr(quantize, "_quantize", lambda *a: pytest.fail("quantised twice"))
+    again = quantize.int8_encoder(tiny_export, calibration, cpu_threads=1)
+    pixels, ids = fidelity.probe_inputs(32, 40000, seed=9)
+    np.testing.assert_array_equal(again.encode_text(ids), int8.encode_text(ids))
+    encoder = make_encoder(EngineOptions(inference_model_dir=tiny_export, device="cpu", precision="auto",
+                                         image_size=32, calibration=calibration))
+    assert encoder.precision == "int8" and encoder.variant == int8.variant
+
+
+def test_int8_is_refused_without_the_instructions_or_calibration_data(tiny_export, tmp_path, monkeypatch):
+    pytest.importorskip("nncf", reason="NNCF is not installed (pip install -e \".[int8]\")")
+    import ernievil2.runtime as runtime
+    from ernievil2.errors import ConfigError
+    from ernievil2.infer.engines import make_encoder
+    from ernievil2.infer.options import CalibrationOptions, EngineOptions
+    from ernievil2.infer.quantize import int8_encoder
+    monkeypatch.setattr(runtime, "cpu_has_int8", lambda *a: True)
+    with pytest.raises(ConfigError, match="precision int8 needs calibration data: set calibration_file"):
+        make_encoder(EngineOptions(inference_model_dir=tiny_export, device="cpu", precision="int8", image_size=32,
+                                   calibration=CalibrationOptions(files=None)))
+    with pytest.raises(ConfigError, match="precision int8 is for engine openvino on the CPU"):
+        make_encoder(EngineOptions(inference_model_dir=tiny_export, device="cpu", engine="paddle_inference",
+                                   precision="int8", image_size=32))
+    monkeypatch.setattr(runtime, "cpu_has_int8", lambda *a: False)  # a CPU without AMX-INT8 / AVX512-VNNI
+    with pytest.raises(RuntimeSupportError, match="AMX-INT8 or AVX512-VNNI"):
+        int8_encoder(tiny_export, calibration_options(str(tmp_path / "x.tsv")))
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda *a: False)
+    auto = make_encoder(EngineOptions(inference_model_dir=tiny_export, device="cpu", precision="auto", image_size=32,
+                                      calibration=calibration_options(str(tmp_path / "x.tsv"))))
+    assert auto.precision == "fp32"  # auto on such a CPU: neither int8 nor bf16
+
+
+@NEEDS_INT8
+def test_run_infer_int8_calibrates_on_its_test_file_by_default(tiny, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("nncf", reason="NNCF is not installed (pip install -e \".[int8]\")")
+    from ernievil2.infer.options import load_infer_config
+    from ernievil2.infer.run import run_inference
+    monkeypatch.setenv("ERNIEVIL2_CACHE", str(tmp_path / "cache"))
+    tsv = calibration_tsv(tmp_path / "data.tsv", rows=12)
+    out = {}
+    for precision in ("fp32", "int8"):
+        values = {**tiny, "test_file": tsv, "engine": "openvino", "precision": precision, "on_bad_row": "skip",
+                  "output_file": str(tmp_path / precision / "emb.out")}
+        run_inference(load_infer_config(None, list(values.items())))
+        out[precision] = np.load(str(tmp_path / precision / "emb.npz"))
+    assert f"calibrated on 12 texts and 8 images of {tsv}" in capsys.readouterr().err
+    for key in ("text", "image"):
+        cos = (out["int8"][key].astype(np.float64) * out["fp32"][key]).sum(1)
+        assert len(cos) == 12 and cos.min() >= fidelity.FIDELITY_BAR["int8"], key
+        assert not np.array_equal(out["int8"][key], out["fp32"][key]), key  # the int8 models really ran

@@ -344,5 +344,5 @@ def test_bf16_precision_is_refused_where_it_cannot_run(exported, monkeypatch, tm
     cfg = load_infer_config(None, [("test_file", "x"), ("output_file", "y"), ("init_from_params", "z"),
                                    ("vocab_file", "v"), ("device", "cpu"), ("engine", "eager"),
                                    ("precision", "bf16")])
-    with pytest.raises(ValueError, match="precision bf16 is for engine paddle_inference on the CPU"):
+    with pytest.raises(ValueError, match="precision bf16 is for engine paddle_inference or openvino on the CPU"):
         make_encoder(engine_options(cfg))

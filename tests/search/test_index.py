@@ -190,10 +190,9 @@ def test_milvus_lite_gives_the_same_results_as_faiss_flat(tmp_path):
 
 
 def test_search_command_end_to_end(tiny, tmp_path):
+    from conftest import make_tiny_model
     from ernievil2.infer.engines import EagerEncoder
     from ernievil2.infer.gallery import load_embed_config, run_embed
-
-    from conftest import make_tiny_model
     folder = tmp_path / "photos"
     folder.mkdir()
     for i in range(6):

@@ -10,21 +10,25 @@ from ..data.tokenizer import ErnieTokenizer
 from ..data.transforms import preprocess_eval
 from ..errors import ConfigError, InputError
 from ..infer.engines import make_encoder
-from ..infer.options import VOCAB_HELP, WEIGHTS_HELP, EngineOptions
+from ..infer.options import VOCAB_HELP, WEIGHTS_HELP, CalibrationOptions, EngineOptions
 from ..infer.pipeline import encode_texts_by_length
 from ..infer.zeroshot import FALLBACK_LOGIT_SCALE, class_embeddings, classify
 
 
 def load(weights=None, vocab_file=None, device="auto", engine="auto", precision="fp32", vision_model="vit_b16",
-         text_model_config=None, max_text_len=48, image_size=224, inference_model_dir=None, cpu_threads=0):
+         text_model_config=None, max_text_len=48, image_size=224, inference_model_dir=None, cpu_threads=0,
+         calibration_file=None, calibration_rows=300):
     """Load an ERNIE-ViL 2.0 dual encoder for inference.
 
     weights: a `.pdparams` or `.safetensors` file in the official, our or PaddleNLP's layout (not needed with
     `inference_model_dir`, an export of `python -m ernievil2 export`).  vocab_file: the ERNIE 3.0 vocab.txt.
-    device: auto | cpu | gpu.  engine: auto (Paddle Inference on the CPU, eager on the GPU) | eager |
-    paddle_inference.  precision: fp32 (the official embeddings) or bf16 (CPUs with AVX512-BF16/AMX).
-    vision_model: vit_b16 | vit_l14 | a dict of ViT fields.  text_model_config: an ERNIE config JSON (None:
-    ERNIE 3.0 base).  max_text_len: tokens per text, [CLS] and [SEP] included.
+    device: auto | cpu | gpu.  engine: auto (Paddle Inference on the CPU, OpenVINO for bf16/int8 when
+    installed, eager on the GPU) | eager | paddle_inference | openvino.  precision: fp32 (the official
+    embeddings), bf16 (CPUs with AVX512-BF16/AMX), int8 (AMX-INT8/AVX512-VNNI; OpenVINO + NNCF, calibrated on
+    `calibration_rows` rows of `calibration_file`, a TSV of text, image_id, base64 image) or auto (the fastest
+    of these whose fidelity to fp32 passes here).  vision_model: vit_b16 | vit_l14 | a dict of ViT fields.
+    text_model_config: an ERNIE config JSON (None: ERNIE 3.0 base).  max_text_len: tokens per text, [CLS] and
+    [SEP] included.
     """
     if not vocab_file or not os.path.isfile(vocab_file):
         raise InputError(f"vocab_file: file not found: {vocab_file}. {VOCAB_HELP}")
@@ -35,7 +39,10 @@ def load(weights=None, vocab_file=None, device="auto", engine="auto", precision=
     options = EngineOptions(weights=weights, vision_model=vision_model, text_model_config=text_model_config,
                             image_size=image_size, device=device, engine=engine, precision=precision,
                             inference_model_dir=inference_model_dir, cpu_threads=cpu_threads,
-                            max_text_len=max_text_len)
+                            max_text_len=max_text_len,
+                            calibration=CalibrationOptions(files=calibration_file, rows=calibration_rows,
+                                                           vocab_file=vocab_file, max_text_len=max_text_len,
+                                                           image_size=image_size))
     return Model(make_encoder(options), ErnieTokenizer.from_file(vocab_file), image_size, max_text_len)
 
 

@@ -4,8 +4,8 @@ import os
 from ..runtime import gpu_count, launch_plan
 from . import eval as eval_cli
 from . import gallery as gallery_cli
-from . import search as search_cli
 from . import infer as infer_cli
+from . import search as search_cli
 from .common import config_parser, guarded, parse_with_overrides
 
 

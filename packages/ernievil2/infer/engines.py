@@ -5,14 +5,16 @@ import json
 import os
 import sys
 
+from .. import runtime
 from ..errors import ConfigError, InputError, RuntimeSupportError
 from ..interop.convert import load_any_layout
 from ..interop.export import export_towers, read_export_meta
 from ..model.dual_encoder import build_model
-from ..runtime import cpu_has_bf16, resolve_device, set_cpu_threads
+from ..runtime import resolve_device, set_cpu_threads
 from .fidelity import checked
 from .openvino_engine import available as openvino_available
 from .options import WEIGHTS_HELP
+from .quantize import available as int8_available
 
 
 class EagerEncoder:
@@ -55,18 +57,20 @@ def make_encoder(options):
     """The encoder EngineOptions ask for.
 
     engine auto: eager on the GPU; on the CPU Paddle Inference (oneDNN; faster than eager, README: "Measured
-    results"), or OpenVINO for bf16 when it is installed (faster still).  The towers are exported once per
-    weights file into a cache.  precision auto: the fastest mode this CPU supports whose fidelity to fp32
-    passes (bf16 on AVX512-BF16/AMX, else fp32); an approximate mode is checked against fp32 before use."""
+    results"), or OpenVINO for bf16 when it is installed and for int8 (faster still).  The towers are exported
+    once per weights file into a cache.  precision auto: the fastest mode this CPU supports whose fidelity to
+    fp32 passes (int8 on AMX-INT8/AVX512-VNNI with OpenVINO + NNCF and calibration rows, bf16 on
+    AVX512-BF16/AMX, else fp32); an approximate mode is checked against fp32 before use."""
     device = resolve_device(options.device)
     if device == "cpu":
         set_cpu_threads(options.cpu_threads)
-    candidates = _precisions(options.precision, device, options.engine)
-    for precision in candidates:
+    candidates = _precisions(options.precision, device, options.engine, options.calibration)
+    for i, precision in enumerate(candidates):
         engine = _engine(options.engine, device, precision)
-        if precision != "fp32" and (engine not in ("paddle_inference", "openvino") or device != "cpu"):
-            raise ConfigError(f"precision {precision} is for engine paddle_inference on the CPU (or openvino; this "
-                              f"run: engine {engine} on {device}); use precision fp32")
+        allowed = ("openvino",) if precision == "int8" else ("paddle_inference", "openvino")
+        if precision != "fp32" and (engine not in allowed or device != "cpu"):
+            raise ConfigError(f"precision {precision} is for engine {' or '.join(allowed)} on the CPU (this run: "
+                              f"engine {engine} on {device}); use precision fp32")
         needs_weights = engine == "eager" or not options.inference_model_dir
         if needs_weights and not (options.weights and os.path.isfile(options.weights)):
             raise InputError(f"init_from_params: file not found: {options.weights}. {WEIGHTS_HELP}")
@@ -75,16 +79,23 @@ def make_encoder(options):
         except RuntimeSupportError as e:
             if options.precision != "auto" or precision == candidates[-1]:
                 raise
-            print(f"note: precision auto: {precision} is not usable here ({e}); trying {candidates[-1]}",
+            print(f"note: precision auto: {precision} is not usable here ({e}); trying {candidates[i + 1]}",
                   file=sys.stderr)
     raise AssertionError("unreachable: the last candidate returns or raises")
 
 
-def _precisions(requested, device, engine):
+def _precisions(requested, device, engine, calibration):
+    """The modes `precision` may use, fastest first."""
     if requested != "auto":
         return [requested]
-    low_precision = device == "cpu" and engine != "eager" and cpu_has_bf16()
-    return ["bf16", "fp32"] if low_precision else ["fp32"]
+    if device != "cpu" or engine == "eager":
+        return ["fp32"]
+    modes = []
+    if engine in ("auto", "openvino") and runtime.cpu_has_int8() and int8_available() and calibration.files:
+        modes.append("int8")
+    if runtime.cpu_has_bf16():
+        modes.append("bf16")
+    return modes + ["fp32"]
 
 
 def _engine(requested, device, precision):
@@ -92,6 +103,8 @@ def _engine(requested, device, precision):
         return requested
     if device != "cpu":
         return "eager"
+    if precision == "int8":
+        return "openvino"  # the only int8 engine: says what to install when it is missing
     return "openvino" if precision == "bf16" and openvino_available() else "paddle_inference"
 
 
@@ -101,8 +114,11 @@ def _build(engine, device, precision, options):
     model_dir = options.inference_model_dir or cached_export(options)
     if engine == "openvino":
         from .openvino_engine import OpenVinoEncoder
+        from .quantize import int8_encoder
 
         def make(mode):
+            if mode == "int8":
+                return int8_encoder(model_dir, options.calibration, options.cpu_threads, options.text_batch)
             return OpenVinoEncoder(model_dir, precision=mode, cpu_threads=options.cpu_threads,
                                    image_batch=options.text_batch)
     else:

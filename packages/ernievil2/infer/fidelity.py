@@ -12,7 +12,7 @@ from ..fileio import write_text_atomic
 from ..runtime import cpu_flags
 
 # Lowest cosine to fp32 a mode may give on the probe inputs (the README reports what each mode measures).
-FIDELITY_BAR = {"bf16": 0.999}
+FIDELITY_BAR = {"bf16": 0.999, "int8": 0.98}
 PROBE_ROWS = 4
 
 
@@ -65,7 +65,8 @@ def checked(encoder, make_reference, model_dir, engine, precision):
     if bar is None:
         return encoder
     meta_path = os.path.join(model_dir, "fidelity.json")
-    key = f"{engine}/{precision}/{cpu_signature()}"
+    variant = getattr(encoder, "variant", "")  # e.g. which calibration an int8 model came from
+    key = f"{engine}/{precision}{'/' + variant if variant else ''}/{cpu_signature()}"
     try:
         with open(meta_path, encoding="utf-8") as f:
             verdicts = json.load(f)

@@ -2,18 +2,20 @@
 with the interface of engines.EagerEncoder.  Optional (`pip install -e ".[openvino]"`).
 
 OpenVINO runs `precision: bf16` on AMX / AVX512-BF16 with its own fused kernels (no conversions between ops,
-weights converted once at compile time) and `fp32` exactly; it keeps one copy of the weights for every input
+weights converted once at compile time), `fp32` exactly, and `int8` on AMX-INT8 / AVX512-VNNI with towers quantised
+by infer.quantize; it keeps one copy of the weights for every input
 shape, so text widths are only rounded up to a multiple of WIDTH_STEP (bounded kernel caches, little padding).
 """
 import os
 
 import numpy as np
 
+from .. import runtime
 from ..errors import RuntimeSupportError
 from ..interop.export import TOWERS, ensure_onnx, read_export_meta
 
 WIDTH_STEP = 8
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": None}  # int8: what is left in float runs in bf16 if it can
 
 
 def available():
@@ -27,13 +29,18 @@ def available():
 class OpenVinoEncoder:
     """Token ids / pixels -> L2-normalised float32 numpy embeddings through OpenVINO's CPU plugin."""
 
-    def __init__(self, model_dir, precision="fp32", cpu_threads=0, towers=TOWERS, image_batch=8):
+    def __init__(self, model_dir, precision="fp32", cpu_threads=0, towers=TOWERS, image_batch=8, model_files=None):
+        """model_files: {tower: OpenVINO model path} to run instead of the export's ONNX towers (int8: the models
+        of infer.quantize.int8_encoder)."""
         try:
             import openvino as ov
         except ImportError:
             raise RuntimeSupportError("engine openvino needs OpenVINO: pip install -e \".[openvino]\"") from None
         if precision not in PRECISION_HINTS:
-            raise RuntimeSupportError(f"engine openvino runs precision fp32 or bf16, not {precision}")
+            raise RuntimeSupportError(f"engine openvino runs precision fp32, bf16 or int8, not {precision}")
+        if precision == "bf16" and not runtime.cpu_has_bf16():
+            raise RuntimeSupportError("precision bf16 needs a CPU with AVX512-BF16 or AMX-BF16; this one has neither "
+                                      "(use precision fp32)")
         self.meta = read_export_meta(model_dir)
         self.model_dir = model_dir
         self.embed_dim = int(self.meta["embed_dim"])
@@ -41,8 +48,14 @@ class OpenVinoEncoder:
         self.pad_id = int(self.meta.get("pad_token_id", 0))
         self.image_batch = max(1, int(image_batch))
         self.precision = precision
-        files = ensure_onnx(model_dir, towers)
-        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+        self.variant = ""
+        if precision == "int8" and not model_files:
+            raise ValueError("precision int8 runs the quantised models of infer.quantize.int8_encoder")
+        files = model_files or ensure_onnx(model_dir, towers)
+        if model_files:  # which quantised models (their cache folder): part of the fidelity verdict's key
+            self.variant = os.path.basename(os.path.dirname(next(iter(files.values()))))
+        hint = PRECISION_HINTS[precision] or ("bf16" if runtime.cpu_has_bf16() else "f32")
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
                   "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(cpu_threads or os.cpu_count() or 1)}
         core = ov.Core()
         self._requests = {tower: core.compile_model(path, "CPU", config).create_infer_request()

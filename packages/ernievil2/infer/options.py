@@ -36,9 +36,13 @@ INFER_SCHEMA = {
     "image_size": 224,
     "engine": Field("auto", choices=("auto", "eager", "paddle_inference", "openvino")),
     "inference_model_dir": Field(None, type=str, doc="exported towers; null: export init_from_params once"),
-    "precision": Field("fp32", choices=("fp32", "bf16", "auto"),
-                       doc="fp32 reproduces the official embeddings; bf16 (CPUs with AVX512-BF16/AMX) is faster and "
-                           "approximate; auto: the fastest mode whose fidelity to fp32 passes on this CPU"),
+    "precision": Field("fp32", choices=("fp32", "bf16", "int8", "auto"),
+                       doc="fp32 reproduces the official embeddings; bf16 (CPUs with AVX512-BF16/AMX) and int8 "
+                           "(openvino + NNCF, calibrated on calibration_file) are faster and approximate; auto: "
+                           "the fastest mode whose fidelity to fp32 passes on this CPU"),
+    "calibration_file": Field(None, type=(str, list), doc="int8: TSV rows (text, image_id, base64 image) to "
+                                                           "calibrate on; run_infer.sh's default: test_file"),
+    "calibration_rows": Field(300, type=int, doc="int8: rows of calibration_file used"),
     "num_workers": 1,
     "prefetch_batches": 4,
     "text_sort_window": Field(128, type=int, doc="rows whose captions are grouped by length before the texts are "
@@ -59,7 +63,7 @@ def load_infer_config(path, overrides=(), schema=INFER_SCHEMA):
     """An inference YAML (official keys + ours) with `-o key=value` overrides, checked."""
     cfg = load_config(schema, path, overrides)
     for key in ("infer_batch_size", "max_text_seqlen", "image_size", "image_cache_size", "prefetch_batches",
-                "text_sort_window", "chunk_rows", "cpu_processes"):
+                "text_sort_window", "chunk_rows", "cpu_processes", "calibration_rows"):
         if cfg[key] < 1:
             raise ConfigError(f"{path}: '{key}' must be >= 1, got {cfg[key]}")
     if cfg.max_text_seqlen < 3:
@@ -78,6 +82,17 @@ def load_query_config(path, overrides=(), schema=QUERY_SCHEMA):
 
 
 @dataclass(frozen=True)
+class CalibrationOptions:
+    """The rows precision int8 is calibrated on (infer.quantize), and how they become model inputs."""
+    files: Union[str, list, None] = None       # TSV file(s), directory of shards or glob
+    rows: int = 300
+    vocab_file: Optional[str] = None
+    max_text_len: int = 48
+    image_size: int = 224
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
 class EngineOptions:
     """Which weights and model, on which device and engine (see `infer.engines.make_encoder`)."""
     weights: Optional[str] = None              # init_from_params; not needed with an inference_model_dir
@@ -85,12 +100,13 @@ class EngineOptions:
     text_model_config: Optional[str] = None    # an ERNIE config JSON; None: ERNIE 3.0 base
     image_size: int = 224
     device: str = "auto"                       # auto | gpu | cpu
-    engine: str = "auto"                       # auto | eager | paddle_inference
-    precision: str = "fp32"
+    engine: str = "auto"                       # auto | eager | paddle_inference | openvino
+    precision: str = "fp32"                    # fp32 | bf16 | int8 | auto
     inference_model_dir: Optional[str] = None
     cpu_threads: int = 0
     text_batch: int = 10                       # rows per text block of the CPU predictor's fixed shapes
     max_text_len: int = 48
+    calibration: CalibrationOptions = CalibrationOptions()
 
 
 @dataclass(frozen=True)
@@ -123,7 +139,13 @@ def engine_options(cfg):
                          text_model_config=cfg.text_model_config, image_size=cfg.image_size, device=cfg.device,
                          engine=cfg.engine, precision=cfg.precision, inference_model_dir=cfg.inference_model_dir,
                          cpu_threads=cfg.cpu_threads, text_batch=cfg.infer_batch_size,
-                         max_text_len=cfg.max_text_seqlen)
+                         max_text_len=cfg.max_text_seqlen, calibration=calibration_options(cfg))
+
+
+def calibration_options(cfg):
+    return CalibrationOptions(files=cfg.calibration_file or cfg.test_file, rows=cfg.calibration_rows,
+                              vocab_file=cfg.vocab_file, max_text_len=cfg.max_text_seqlen,
+                              image_size=cfg.image_size, max_image_pixels=cfg.max_image_pixels)
 
 
 def pipeline_options(cfg):

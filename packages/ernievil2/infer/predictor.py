@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 
+from .. import runtime
 from ..errors import ConfigError, InferenceModelError, RuntimeSupportError
 from ..interop.export import TOWERS, read_export_meta
-from .. import runtime
 
 ONEDNN_SHAPE_CACHE = 10  # 1 or text_batch rows x TEXT_WIDTHS widths, one image shape, and a spare
 TEXT_WIDTHS = 4

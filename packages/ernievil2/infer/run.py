@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.tokenizer import ErnieTokenizer
 from ..data.row_index import RowIndex
+from ..data.tokenizer import ErnieTokenizer
 from ..data.tsv import BadRow, BadRowPolicy, parse_row, read_rows
 from ..errors import InputError
 from ..eval.sidecar import TEXT_FILE_CHECK, sidecar_path_for, sidecar_writer

@@ -32,10 +32,10 @@ from ..runtime import gpu_count, resolve_device, set_cpu_threads
 from . import distributed as dist
 from .checkpoints import TrainingParts, checkpoint_dirs, read_checkpoint, write_checkpoint
 from .data import MultiViewDataset, collate_samples, read_tags_file
-from .order import GlobalBatchSampler
 from .loss_config import LossConfig
 from .losses import MultiViewContrastiveLoss, clamp_logit_scale_, make_momentum_copy, momentum_update_
 from .optim import freeze_layers, make_optimizer
+from .order import GlobalBatchSampler
 
 
 class MultiViewEncoder(nn.Layer):
