@@ -15,6 +15,7 @@ from .fidelity import checked
 from .openvino_engine import available as openvino_available
 from .options import WEIGHTS_HELP
 from .quantize import available as int8_available
+from .quantize import held_out_samples, int8_encoder
 
 
 class EagerEncoder:
@@ -114,7 +115,6 @@ def _build(engine, device, precision, options):
     model_dir = options.inference_model_dir or cached_export(options)
     if engine == "openvino":
         from .openvino_engine import OpenVinoEncoder
-        from .quantize import int8_encoder
 
         def make(mode):
             if mode == "int8":
@@ -130,7 +130,8 @@ def _build(engine, device, precision, options):
     encoder = make(precision)
     if precision == "fp32":
         return encoder
-    return checked(encoder, lambda: make("fp32"), model_dir, engine, precision)
+    extra = (lambda: held_out_samples(options.calibration)) if precision == "int8" else None
+    return checked(encoder, lambda: make("fp32"), model_dir, engine, precision, extra)
 
 
 EXPORT_CACHE_VERSION = 2  # bumped when exports gain something older ones lack (2: the logit scale)

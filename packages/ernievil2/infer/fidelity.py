@@ -1,5 +1,6 @@
-"""Low-precision modes must keep the embeddings: before a bf16 (or other approximate) encoder is used, its
-embeddings of fixed probe inputs are compared with fp32's on this CPU; below the bar it is refused.  The verdict
+"""Low-precision modes must keep the embeddings: before a bf16 or int8 encoder is used, its embeddings of fixed
+probe inputs (and for int8 of real rows held out from its calibration, texts one at a time as queries run) are
+compared with fp32's on this CPU; below the bar it is refused.  The verdict
 is kept beside the export (per engine, precision and CPU), so the check runs once."""
 import hashlib
 import json
@@ -45,22 +46,28 @@ def cpu_signature():
     return hashlib.sha1(f"{model}|{flags}".encode()).hexdigest()[:16]
 
 
-def lowest_cosine(encoder, reference, image_size, vocab_size):
-    """The lowest cosine between two encoders' embeddings of the probe images and texts."""
+def lowest_cosine(encoder, reference, image_size, vocab_size, extra_inputs=None):
+    """The lowest cosine between two encoders' embeddings of the probe images and texts, and of extra_inputs
+    ({tower: [array, ...]}, each array encoded in one call: e.g. real texts one at a time, as queries run)."""
     pixels, ids = probe_inputs(image_size, vocab_size)
+    inputs = {"image": [pixels], "text": [ids]}
+    for tower, arrays in (extra_inputs or {}).items():
+        inputs[tower] = inputs[tower] + list(arrays)
     worst = 1.0
-    for name, data in (("image", pixels), ("text", ids)):
+    for name, arrays in inputs.items():
         if name not in encoder.towers or name not in reference.towers:
             continue
-        got = getattr(encoder, f"encode_{name}")(data).astype(np.float64)
-        ref = getattr(reference, f"encode_{name}")(data).astype(np.float64)
-        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-        worst = min(worst, float(cos.min()))
+        for data in arrays:
+            got = getattr(encoder, f"encode_{name}")(data).astype(np.float64)
+            ref = getattr(reference, f"encode_{name}")(data).astype(np.float64)
+            cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+            worst = min(worst, float(cos.min()))
     return worst
 
 
-def checked(encoder, make_reference, model_dir, engine, precision):
-    """`encoder` if its fidelity to fp32 (make_reference()) passes the bar on this CPU, else RuntimeSupportError."""
+def checked(encoder, make_reference, model_dir, engine, precision, extra_inputs=None):
+    """`encoder` if its fidelity to fp32 (make_reference()) passes the bar on this CPU, else RuntimeSupportError.
+    extra_inputs: a function returning more inputs to check (lowest_cosine), called only when checking."""
     bar = FIDELITY_BAR.get(precision)
     if bar is None:
         return encoder
@@ -76,7 +83,7 @@ def checked(encoder, make_reference, model_dir, engine, precision):
     if cosine is None:
         meta = encoder.meta
         cosine = lowest_cosine(encoder, make_reference(), int(meta["image_size"]),
-                               int(meta.get("vocab_size") or 40000))
+                               int(meta.get("vocab_size") or 40000), extra_inputs() if extra_inputs else None)
         verdicts[key] = cosine
         try:
             write_text_atomic(meta_path, json.dumps(verdicts, indent=1) + "\n")
