@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_model
-from ernievil2.errors import RuntimeSupportError
+from ernievil2.errors import InputError, RuntimeSupportError
 from ernievil2.infer import fidelity
 from ernievil2.runtime import cpu_has_bf16, cpu_has_int8
 
@@ -178,13 +178,17 @@ def test_int8_is_refused_without_the_instructions_or_calibration_data(tiny_expor
     with pytest.raises(ConfigError, match="precision int8 is for engine openvino on the CPU"):
         make_encoder(EngineOptions(inference_model_dir=tiny_export, device="cpu", engine="paddle_inference",
                                    precision="int8", image_size=32))
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda *a: False)
+    missing = calibration_options(str(tmp_path / "x.tsv"))  # e.g. the placeholder test_file of a query config
+    auto = make_encoder(EngineOptions(inference_model_dir=tiny_export, device="cpu", precision="auto", image_size=32,
+                                      calibration=missing))
+    assert auto.precision == "fp32"  # auto passes over int8 without calibration data instead of failing
+    with pytest.raises(InputError, match="x.tsv: calibration_file not found"):
+        make_encoder(EngineOptions(inference_model_dir=tiny_export, device="cpu", precision="int8", image_size=32,
+                                   calibration=missing))
     monkeypatch.setattr(runtime, "cpu_has_int8", lambda *a: False)  # a CPU without AMX-INT8 / AVX512-VNNI
     with pytest.raises(RuntimeSupportError, match="AMX-INT8 or AVX512-VNNI"):
         int8_encoder(tiny_export, calibration_options(str(tmp_path / "x.tsv")))
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda *a: False)
-    auto = make_encoder(EngineOptions(inference_model_dir=tiny_export, device="cpu", precision="auto", image_size=32,
-                                      calibration=calibration_options(str(tmp_path / "x.tsv"))))
-    assert auto.precision == "fp32"  # auto on such a CPU: neither int8 nor bf16
 
 
 @NEEDS_INT8

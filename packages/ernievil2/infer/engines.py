@@ -6,6 +6,7 @@ import os
 import sys
 
 from .. import runtime
+from ..data.tsv import expand_sources
 from ..errors import ConfigError, InputError, RuntimeSupportError
 from ..interop.convert import load_any_layout
 from ..interop.export import export_towers, read_export_meta
@@ -92,11 +93,18 @@ def _precisions(requested, device, engine, calibration):
     if device != "cpu" or engine == "eager":
         return ["fp32"]
     modes = []
-    if engine in ("auto", "openvino") and runtime.cpu_has_int8() and int8_available() and calibration.files:
+    if engine in ("auto", "openvino") and runtime.cpu_has_int8() and int8_available() and _exists(calibration.files):
         modes.append("int8")
     if runtime.cpu_has_bf16():
         modes.append("bf16")
     return modes + ["fp32"]
+
+
+def _exists(sources):
+    try:
+        return bool(sources) and bool(expand_sources(sources))
+    except InputError:
+        return False
 
 
 def _engine(requested, device, precision):
