@@ -15,7 +15,8 @@ _tune_math_libraries()
 
 
 def __getattr__(name):
-    """`ernievil2.load` and `ernievil2.Model` come from `ernievil2.api`, imported (with Paddle) on first use."""
+    """`ernievil2.load` and `ernievil2.Model` come from `ernievil2.api`, imported on first use (and Paddle only when
+    an engine needs it: the OpenVINO engine does not)."""
     if name in ("load", "Model"):
         from . import api
         return getattr(api, name)

@@ -116,8 +116,9 @@ def test_load_names_missing_files(tmp_path, vocab_path):
         ernievil2.load(str(tmp_path / "w.pdparams"), vocab_file=vocab_path)
 
 
-def test_importing_the_package_does_not_load_paddle():
+def test_importing_the_package_or_its_api_does_not_load_paddle():
+    """Paddle is imported by the engines that run it (the OpenVINO engine never does): seconds of start-up."""
     code = "import sys, ernievil2; print('paddle' in sys.modules, callable(ernievil2.load), 'paddle' in sys.modules)"
     env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "packages"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert out.stdout.split() == ["False", "True", "True"], out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "False"], out.stderr[-2000:]

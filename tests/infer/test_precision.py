@@ -102,6 +102,51 @@ def test_openvino_sees_text_widths_in_steps_of_eight(tiny_export):
     assert widths == {8, 16, 24, 32, 40} and all(w % WIDTH_STEP == 0 for w in widths)
 
 
+def test_openvino_keeps_compiled_towers_and_forgets_those_of_replaced_files(tiny_export, tmp_path):
+    import shutil
+
+    from ernievil2.infer.openvino_engine import CACHE_SUBDIR
+    model_dir = str(tmp_path / "towers")
+    shutil.copytree(tiny_export, model_dir, ignore=shutil.ignore_patterns(CACHE_SUBDIR))
+    cache = os.path.join(model_dir, CACHE_SUBDIR)
+    ids = np.array([[1, 50, 60, 70, 2]])
+
+    def folders():
+        return {name: sorted(os.listdir(os.path.join(cache, name))) for name in os.listdir(cache)}
+    first = encoders(model_dir, "openvino", "fp32").encode_text(ids)
+    before = folders()
+    assert len(before) == 2 and all(before.values()), before  # one per tower, each holding a compiled blob
+    assert np.array_equal(encoders(model_dir, "openvino", "fp32").encode_text(ids), first)  # loaded, not compiled
+    assert folders() == before
+    text_model = os.path.join(model_dir, "text", "model.onnx")
+    st = os.stat(text_model)
+    os.utime(text_model, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as a re-export would leave it
+    encoders(model_dir, "openvino", "fp32")
+    after = folders()
+    assert len(after) == 2 and len(set(after) & set(before)) == 1  # the text tower's old folder is gone
+    shutil.rmtree(cache)
+    with open(cache, "w") as f:  # a folder that cannot be created: the towers are compiled every time instead
+        f.write("not a folder")
+    assert np.array_equal(encoders(model_dir, "openvino", "fp32").encode_text(ids), first)
+
+
+def test_the_openvino_engine_never_imports_paddle(tiny_export):
+    """Importing Paddle is seconds of every start; OpenVINO needs none of it."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np\n"
+            "from ernievil2.infer.engines import make_encoder\n"
+            "from ernievil2.infer.options import EngineOptions\n"
+            f"e = make_encoder(EngineOptions(inference_model_dir={tiny_export!r}, device='cpu', engine='openvino',"
+            " image_size=32))\n"
+            "e.encode_text(np.array([[1, 50, 2]])); e.encode_image(np.zeros((1, 3, 32, 32), np.float32))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paddle', 'nncf')))\n")
+    packages = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "packages")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": packages})
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
 # ------------------------------------------------------------------------------------------------------ int8
 
 NEEDS_INT8 = pytest.mark.skipif(not cpu_has_int8(), reason="this CPU has neither AMX-INT8 nor AVX512-VNNI")

@@ -8,9 +8,7 @@ import sys
 from .. import runtime
 from ..data.tsv import expand_sources
 from ..errors import ConfigError, InputError, RuntimeSupportError
-from ..interop.convert import load_any_layout
 from ..interop.export import export_towers, read_export_meta
-from ..model.dual_encoder import build_model
 from ..runtime import resolve_device, set_cpu_threads
 from .fidelity import checked
 from .openvino_engine import available as openvino_available
@@ -49,6 +47,8 @@ class EagerEncoder:
 
 def load_model(options):
     """The eager dual encoder of EngineOptions, with its weights (any known layout) loaded."""
+    from ..interop.convert import load_any_layout  # these import Paddle, which the OpenVINO engine never needs
+    from ..model.dual_encoder import build_model
     model = build_model(options.vision_model, options.text_model_config, initialize=not options.weights)
     if options.weights:
         load_any_layout(model, options.weights)
@@ -63,9 +63,7 @@ def make_encoder(options):
     once per weights file into a cache.  precision auto: the fastest mode this CPU supports whose fidelity to
     fp32 passes (int8 on AMX-INT8/AVX512-VNNI with OpenVINO + NNCF and calibration rows, bf16 on
     AVX512-BF16/AMX, else fp32); an approximate mode is checked against fp32 before use."""
-    device = resolve_device(options.device)
-    if device == "cpu":
-        set_cpu_threads(options.cpu_threads)
+    device = "cpu" if options.device == "cpu" else resolve_device(options.device)
     candidates = _precisions(options.precision, device, options.engine, options.calibration)
     for i, precision in enumerate(candidates):
         engine = _engine(options.engine, device, precision)
@@ -118,6 +116,8 @@ def _engine(requested, device, precision):
 
 
 def _build(engine, device, precision, options):
+    if engine != "openvino":
+        _prepare_paddle(device, options.cpu_threads)
     if engine == "eager":
         return EagerEncoder(load_model(options))
     model_dir = options.inference_model_dir or cached_export(options)
@@ -140,6 +140,13 @@ def _build(engine, device, precision, options):
         return encoder
     extra = (lambda: held_out_samples(options.calibration)) if precision == "int8" else None
     return checked(encoder, lambda: make("fp32"), model_dir, engine, precision, extra)
+
+
+def _prepare_paddle(device, cpu_threads):
+    """Paddle's device and CPU threads, set only when Paddle runs: importing it is ~3 s of an OpenVINO start."""
+    resolve_device(device, warn=False)
+    if device == "cpu":
+        set_cpu_threads(cpu_threads)
 
 
 EXPORT_CACHE_VERSION = 2  # bumped when exports gain something older ones lack (2: the logit scale)
@@ -168,6 +175,8 @@ def cached_export(options):
     except (OSError, ValueError):
         pass
     print(f"exporting the towers for Paddle Inference into {out_dir} (once per weights file)", file=sys.stderr)
+    _prepare_paddle("cpu" if options.device == "cpu" else resolve_device(options.device, warn=False),
+                    options.cpu_threads)
     model = load_model(options)
     export_towers(model, out_dir, extra_meta={"source_weights": weights})
     return out_dir

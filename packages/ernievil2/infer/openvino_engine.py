@@ -6,24 +6,64 @@ weights converted once at compile time), `fp32` exactly, and `int8` on AMX-INT8 
 by infer.quantize; it keeps one copy of the weights for every input
 shape, so text widths are only rounded up to a multiple of WIDTH_STEP (bounded kernel caches, little padding).
 """
+import glob
+import hashlib
+import importlib.util
+import json
 import os
+import shutil
 
 import numpy as np
 
 from .. import runtime
 from ..errors import RuntimeSupportError
 from ..interop.export import TOWERS, ensure_onnx, read_export_meta
+from .fidelity import cpu_signature
 
 WIDTH_STEP = 8
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": None}  # int8: what is left in float runs in bf16 if it can
 
 
 def available():
+    return importlib.util.find_spec("openvino") is not None
+
+
+CACHE_SUBDIR = "openvino_cache"
+
+
+def compiled_cache_dir(model_dir, model_file, config):
+    """Where OpenVINO keeps what it compiled from model_file with `config` on this CPU, so that later starts load it
+    instead of compiling again (README: "CPU precision"); None when it cannot be created.  OpenVINO keys its blobs
+    by the file's path and not reliably by the precision asked for (measured: a bf16 compile was loaded for fp32),
+    so the folder is keyed by the file's size and time, the config and the CPU; a re-exported file's old folders
+    are removed."""
+    stamps = [f"{st.st_size}:{st.st_mtime_ns}" for st in map(os.stat, _with_weights(model_file))]
+    source = _digest(os.path.abspath(model_file))
+    version = _digest("|".join(stamps))
+    root = os.path.join(model_dir, CACHE_SUBDIR)
+    path = os.path.join(root, f"{source}-{version}-{_digest(json.dumps([config, cpu_signature()], sort_keys=True))}")
     try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        os.makedirs(path, exist_ok=True)
+        for old in glob.glob(os.path.join(root, f"{source}-*")):
+            if not os.path.basename(old).startswith(f"{source}-{version}-"):
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
+
+
+def _digest(text):
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def _with_cache(config, model_dir, model_file):
+    cache = compiled_cache_dir(model_dir, model_file, config)
+    return {**config, "CACHE_DIR": cache} if cache else config
+
+
+def _with_weights(model_file):
+    weights = os.path.splitext(model_file)[0] + ".bin"  # an OpenVINO model's weights beside its .xml
+    return [model_file, weights] if model_file.endswith(".xml") and os.path.exists(weights) else [model_file]
 
 
 class OpenVinoEncoder:
@@ -58,8 +98,8 @@ class OpenVinoEncoder:
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
                   "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(cpu_threads or os.cpu_count() or 1)}
         core = ov.Core()
-        self._requests = {tower: core.compile_model(path, "CPU", config).create_infer_request()
-                          for tower, path in files.items()}
+        self._requests = {tower: core.compile_model(path, "CPU", _with_cache(config, model_dir, path))
+                          .create_infer_request() for tower, path in files.items()}
 
     @property
     def towers(self):

@@ -6,11 +6,13 @@ Base are paid once.  Linear layers run in int8; what the quantiser keeps in floa
 probabilities) follows NNCF's transformer preset.
 """
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import shutil
 import sys
+from importlib.metadata import version
 
 import numpy as np
 
@@ -28,12 +30,9 @@ QUANTIZE_VERSION = 3  # bumped when the recipe changes, so older cached models a
 
 
 def available():
-    try:
-        import nncf  # noqa: F401
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """NNCF and OpenVINO are installed (found, not imported: importing NNCF costs a second of every start-up,
+    and it is needed only while quantising)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("nncf", "openvino"))
 
 
 def int8_encoder(model_dir, calibration, cpu_threads=0, image_batch=8, towers=TOWERS):
@@ -58,9 +57,9 @@ def held_out_samples(calibration, count=32):
 
 
 def calibration_samples(files, rows, vocab_file, max_text_len, image_size, max_pixels):
-    """Model inputs (texts at the widths the engine runs them at) of the first `rows` good rows of TSV `files` (text, image_id, base64): token ids [1, L] per
-    text (each at its own length, as queries run) and pixels [1, 3, S, S] per distinct image.  Bad rows are
-    skipped; calibrating needs no labels, so the test file itself may serve."""
+    """Model inputs of the first `rows` good rows of TSV `files` (text, image_id, base64): token ids [1, L] per
+    text (each alone, padded as the engine pads it, as queries run) and pixels [1, 3, S, S] per distinct image.
+    Bad rows are skipped; calibrating needs no labels, so the test file itself may serve."""
     tokenizer = ErnieTokenizer.from_file(vocab_file)
     texts, images, seen = [], [], set()
     for path in files:
@@ -70,8 +69,8 @@ def calibration_samples(files, rows, vocab_file, max_text_len, image_size, max_p
             if isinstance(row, BadRow):
                 continue
             try:
-                pixels = None if row.image_id in seen else preprocess_eval(decode_base64_image(row.image_b64, max_pixels),
-                                                                            image_size)
+                pixels = None if row.image_id in seen else preprocess_eval(
+                    decode_base64_image(row.image_b64, max_pixels), image_size)
             except ValueError:
                 continue
             ids = tokenizer.batch_encode([row.text], max_len=max_text_len)
@@ -120,11 +119,10 @@ def quantized_towers(model_dir, calibration, towers):
 
 
 def _cache_key(files, calibration):
-    import nncf
-    import openvino
+    import openvino  # the engine imports it anyway; NNCF is not imported unless it quantises
     stamps = [(os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
     vocab = os.path.abspath(calibration.vocab_file)
-    key = json.dumps([QUANTIZE_VERSION, nncf.__version__, openvino.__version__, stamps, calibration.rows, vocab,
+    key = json.dumps([QUANTIZE_VERSION, version("nncf"), openvino.__version__, stamps, calibration.rows, vocab,
                       os.path.getsize(vocab), calibration.max_text_len, calibration.image_size])
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
