@@ -88,7 +88,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="40,240")
     ap.add_argument("--engines", default="eager,paddle_inference",
-                    help="comma-separated; <engine>_bf16 / _int8 = that engine with precision bf16 / int8; none: the baseline only")
+                    help="comma-separated; <engine>_bf16 / _int8 = that engine with precision bf16 / int8; "
+                         "none: the baseline only")
     ap.add_argument("--query-latency", action="store_true")
     ap.add_argument("--startup", action="store_true")
     ap.add_argument("--skip-baseline", action="store_true")

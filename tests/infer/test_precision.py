@@ -1,6 +1,7 @@
 """Precision modes on the CPU: fp32 engines reproduce the official embeddings; bf16 and int8 stay within their
-documented bars of fp32 (skipped without AVX512-BF16/AMX, AMX-INT8/AVX512-VNNI); a mode this CPU cannot run, or whose fidelity fails, is refused
-with a clear message; `auto` picks a passing mode; the bf16 paths see bounded input shapes."""
+documented bars of fp32 (skipped without AVX512-BF16/AMX, AMX-INT8/AVX512-VNNI); a mode this CPU cannot run, or
+whose fidelity fails, is refused with a clear message; `auto` picks a passing mode; the bf16 paths see bounded input
+shapes; the OpenVINO engine keeps its compiled towers and never imports Paddle."""
 import os
 
 import numpy as np
@@ -166,8 +167,8 @@ def calibration_tsv(path, rows=24):
         r = np.random.default_rng(image_id)
         img = np.clip(np.linspace(0, 255, 48)[None, :, None] * r.uniform(0.2, 1, 3) + r.uniform(0, 60, 3), 0, 255)
         img = np.repeat(img, 40, axis=0).astype(np.uint8)
-        cv2.circle(img, (int(r.integers(8, 40)), int(r.integers(8, 32))), 7, tuple(int(v) for v in r.integers(0, 255, 3)),
-                   -1)
+        colour = tuple(int(v) for v in r.integers(0, 255, 3))
+        cv2.circle(img, (int(r.integers(8, 40)), int(r.integers(8, 32))), 7, colour, -1)
         b64 = base64.b64encode(cv2.imencode(".jpg", img)[1].tobytes()).decode()
         caption = "".join(rng.choice(words, int(rng.integers(2, 9))))
         lines.append(f"{caption}\t{image_id}\t{b64}\n")
