@@ -14,6 +14,13 @@ import numpy as np
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
 
 
+def cache_home():
+    """The folder of everything computed once and reused (exports, row indexes): $ERNIEVIL2_CACHE, else
+    $XDG_CACHE_HOME/ernievil2, else ~/.cache/ernievil2."""
+    return os.environ.get("ERNIEVIL2_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ernievil2")
+
+
 def temp_path_for(path, part=""):
     """A hidden temporary name beside `path` owned by this process (`part` tells several apart)."""
     directory = os.path.dirname(os.path.abspath(path))

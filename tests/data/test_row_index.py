@@ -68,6 +68,23 @@ def test_offsets_are_cached_memory_mapped_and_refreshed_when_the_file_changes(tm
     assert len(pickle.dumps(first.shards[0])) < 300
 
 
+def test_ranks_share_the_first_scan_and_then_only_map_the_offsets(tmp_path, cache, monkeypatch):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k in range(5):
+        (shards / f"part{k}.tsv").write_bytes(b"".join(f"{k} {i}\n".encode() for i in range(10 + k)))
+    scanned = []
+    scan = row_index.scan_rows
+    monkeypatch.setattr(row_index, "scan_rows", lambda p: scanned.append(os.path.basename(p)) or scan(p))
+    row_index.prepare_row_index(str(shards), part=1, parts=2)
+    assert scanned == ["part1.tsv", "part3.tsv"]
+    row_index.prepare_row_index(str(shards), part=0, parts=2)
+    assert sorted(scanned) == [f"part{k}.tsv" for k in range(5)]  # each file scanned by one of the two
+    index = RowIndex(str(shards))
+    assert len(scanned) == 5 and list(index.counts) == [10, 11, 12, 13, 14]
+    assert index.read(len(index) - 1)[2] == b"4 13"
+
+
 def test_shards_read_as_one_sequence(tmp_path, cache):
     shards = tmp_path / "shards"
     shards.mkdir()

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from ..errors import InputError
-from ..fileio import atomic_write, write_text_atomic
+from ..fileio import atomic_write, cache_home, write_text_atomic
 from .tsv import expand_sources
 
 SCAN_BLOCK = 1 << 24  # bytes scanned per step: the temporaries stay small
@@ -21,9 +21,7 @@ _WHITESPACE[[9, 10, 11, 12, 13, 32]] = True  # what bytes.strip() removes
 
 
 def cache_root():
-    base = os.environ.get("ERNIEVIL2_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ernievil2")
-    return os.path.join(base, "row_index")
+    return os.path.join(cache_home(), "row_index")
 
 
 def scan_rows(path):
@@ -155,18 +153,35 @@ def _read_lines(rows, first, count):
             line += 1
 
 
-def _cached_scan(path):
-    """The scan of `path`, from the cache when it holds one for this exact file (path, size, mtime)."""
+def prepare_row_index(spec, part=0, parts=1, what="input"):
+    """Scan into the cache this process's share of the files of `spec` (every `parts`-th, from `part`), so that
+    processes sharing a cache (the ranks of a machine) scan in parallel; RowIndex then only maps the offsets."""
+    for path in expand_sources(spec, what=what)[part::max(1, parts)]:
+        if not _cache_entry(path)[2]:
+            _cached_scan(path)
+
+
+def _cache_entry(path):
+    """(cache entry name, its key, whether it is complete) of this exact file (path, size, mtime)."""
     st = os.stat(path)
     key = json.dumps([os.path.abspath(path), st.st_size, st.st_mtime_ns])
     entry = os.path.join(cache_root(), hashlib.sha1(key.encode()).hexdigest()[:20])
-    offsets_file, blanks_file, meta_file = (f"{entry}.offsets.npy", f"{entry}.blanks.npy", f"{entry}.json")
     try:
-        with open(meta_file, encoding="utf-8") as f:
-            if json.load(f) == json.loads(key):
-                return np.load(offsets_file, mmap_mode="r"), np.load(blanks_file)
+        with open(f"{entry}.json", encoding="utf-8") as f:
+            return entry, key, json.load(f) == json.loads(key)
     except (OSError, ValueError):
-        pass
+        return entry, key, False
+
+
+def _cached_scan(path):
+    """The scan of `path`, from the cache when it holds one for this exact file (path, size, mtime)."""
+    entry, key, complete = _cache_entry(path)
+    offsets_file, blanks_file, meta_file = (f"{entry}.offsets.npy", f"{entry}.blanks.npy", f"{entry}.json")
+    if complete:
+        try:
+            return np.load(offsets_file, mmap_mode="r"), np.load(blanks_file)
+        except (OSError, ValueError):
+            pass
     offsets, blanks = scan_rows(path)
     try:
         os.makedirs(cache_root(), exist_ok=True)

@@ -16,7 +16,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ..data.row_index import RowIndex
+from ..data.row_index import RowIndex, prepare_row_index
 from ..data.tokenizer import ErnieTokenizer
 from ..errors import ConfigError, TrainingError
 from ..eval.metrics import format_table, retrieval_metrics
@@ -129,12 +129,14 @@ class Trainer:
         self.encoder = MultiViewEncoder(self.model, self.views)
 
     def _index_training_data(self):
-        """The rows of data.train_file: rank 0 scans any file not yet in the row-index cache, then every rank
-        memory-maps the offsets (no rank holds per-row data)."""
-        if self.is_main:
-            index = RowIndex(self.cfg.data.train_file, what="training data")
+        """The rows of data.train_file: the ranks of each machine share the scan of the files not yet in the
+        row-index cache (local rank r of n scans files r, r + n, ...), then every rank memory-maps the offsets (no
+        rank holds per-row data)."""
+        local_rank, local_size = (int(os.environ.get(k, d)) for k, d in (("PADDLE_LOCAL_RANK", "0"),
+                                                                          ("PADDLE_LOCAL_SIZE", "1")))
+        prepare_row_index(self.cfg.data.train_file, local_rank, local_size, what="training data")
         dist.barrier()
-        return index if self.is_main else RowIndex(self.cfg.data.train_file, what="training data")
+        return RowIndex(self.cfg.data.train_file, what="training data")
 
     def _plan_steps(self):
         """Steps per epoch and in all (schedule.epochs, if set, overrides schedule.max_steps)."""
