@@ -56,6 +56,11 @@ def test_flat_top_k_equals_brute_force_with_ties_by_id(tmp_path):
     queries = np.concatenate([vectors[[42, 5]], unit(np.random.default_rng(2).standard_normal((20, 48)))])
     got = index.search(queries, 10)
     assert [[hit[0] for hit in row] for row in got] == brute_force(vectors, ids, queries, 10)
+    # a few queries at a time take the matrix-product path instead of faiss's; the same results
+    alone = [index.search(query[None], 10)[0] for query in queries]
+    assert [[hit[0] for hit in row] for row in alone] == brute_force(vectors, ids, queries, 10)
+    np.testing.assert_allclose([[h[1] for h in row] for row in alone], [[h[1] for h in row] for row in got],
+                               atol=1e-6)
     tied = [hit[0] for hit in got[0][:4]]
     assert tied == sorted(ids[i] for i in (7, 42, 123, 300))  # equal scores: ascending id
     np.testing.assert_allclose([h[1] for h in got[1]], np.sort(vectors @ vectors[5])[::-1][:10], atol=1e-6)
