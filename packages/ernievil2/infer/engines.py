@@ -60,8 +60,8 @@ def make_encoder(options):
     """The encoder EngineOptions ask for.
 
     engine auto: eager on the GPU; on the CPU OpenVINO when it is installed (and for int8), else Paddle Inference
-    (oneDNN; faster than eager, README: "Measured results").  The towers are exported
-    once per weights file into a cache.  precision auto: the fastest mode this CPU supports whose fidelity to
+    (oneDNN; faster than eager, README: "Measured results").  The towers are exported once per weights file into
+    a cache.  precision auto: the fastest mode this CPU supports whose fidelity to
     fp32 passes (int8 on AMX-INT8/AVX512-VNNI with OpenVINO + NNCF and calibration rows, bf16 on
     AVX512-BF16/AMX, else fp32); an approximate mode is checked against fp32 before use."""
     device = "cpu" if options.device == "cpu" else resolve_device(options.device)

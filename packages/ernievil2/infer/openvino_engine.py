@@ -3,8 +3,8 @@ with the interface of engines.EagerEncoder.  Optional (`pip install -e ".[openvi
 
 OpenVINO runs `precision: bf16` on AMX / AVX512-BF16 with its own fused kernels (no conversions between ops,
 weights converted once at compile time), `fp32` exactly, and `int8` on AMX-INT8 / AVX512-VNNI with towers quantised
-by infer.quantize; it keeps one copy of the weights for every input
-shape, so text widths are only rounded up to a multiple of WIDTH_STEP (bounded kernel caches, little padding).
+by infer.quantize.  Text widths are rounded up to a multiple of WIDTH_STEP (few input shapes, little padding).
+What it compiles is kept beside the export (compiled_cache_dir), and this module never imports Paddle.
 """
 import glob
 import hashlib
