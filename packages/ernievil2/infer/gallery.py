@@ -17,7 +17,7 @@ from ..fileio import NpzWriter, remove_stale_temps
 from .engines import make_encoder
 from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
-from .sharding import ChunkedRun, after_chunk, config_fingerprint, current_rank
+from .sharding import ChunkedRun, config_fingerprint, current_rank
 from .workers import prefetched, prepare_images, prepare_texts, start_pool
 
 GALLERY_KEYS = {
@@ -156,8 +156,8 @@ def _embed_gallery_chunks(run, chunks, source, kind, cfg, encoder):
         for chunk in chunks:
             items = source.items(*run.rows(chunk))
             stats, policy = GallerySummary(), BadRowPolicy(options.on_bad_row)
-            writer = run.writer(chunk, matrices=("embeddings",), strings=strings)
-            try:
+
+            def fill(writer):
                 if kind == "images":
                     embedded = iter_image_embeddings(items, options, encoder, policy, stats, progress, pool)
                 else:
@@ -167,11 +167,9 @@ def _embed_gallery_chunks(run, chunks, source, kind, cfg, encoder):
                     if kind == "texts":
                         columns["texts"] = [item.text for item, _ in block]
                     writer.add(**columns)
-                run.finish(writer, {"items": stats.items, "embedded": stats.embedded, "embed_dim": encoder.embed_dim,
-                                    "skipped": [[b.path, b.line, b.reason] for b in policy.skipped]})
-            finally:
-                writer.cleanup()
-            after_chunk(done=chunks.index(chunk) + 1)
+                return {"items": stats.items, "embedded": stats.embedded, "embed_dim": encoder.embed_dim,
+                        "skipped": [[b.path, b.line, b.reason] for b in policy.skipped]}
+            run.write_chunk(chunk, ("embeddings",), strings, fill, done=chunks.index(chunk) + 1)
     finally:
         progress.close()
         pool.terminate()

@@ -19,7 +19,7 @@ from ..fileio import atomic_path, remove_stale_temps
 from .engines import make_encoder
 from .options import VOCAB_HELP, WEIGHTS_HELP, engine_options, output_options, pipeline_options
 from .pipeline import iter_embeddings
-from .sharding import ChunkedRun, after_chunk, config_fingerprint, current_rank, file_stamp
+from .sharding import ChunkedRun, config_fingerprint, current_rank, file_stamp
 from .workers import start_pool
 
 
@@ -135,17 +135,14 @@ def _embed_chunks(run, chunks, index, cfg, encoder, tokenizer, options, show_pro
             first, stop = run.rows(chunk)
             rows = (parse_row(raw, path, line) for path, line, raw in index.iter_raw(first, stop))
             stats, policy = Summary(), BadRowPolicy(options.on_bad_row)
-            writer = run.writer(chunk, matrices=("text", "image"), strings=("image_ids",))
-            try:
+
+            def fill(writer):
                 for row, text_emb, image_emb in iter_embeddings(rows, options, encoder, tokenizer, policy, stats,
                                                                 progress, pool):
                     writer.add(text=text_emb[None], image=image_emb[None], image_ids=[row.image_id])
-                run.finish(writer, {"rows": stats.rows, "written": stats.written,
-                                    "images_encoded": stats.images_encoded,
-                                    "skipped": [[b.path, b.line, b.reason] for b in policy.skipped]})
-            finally:
-                writer.cleanup()
-            after_chunk(done=chunks.index(chunk) + 1)
+                return {"rows": stats.rows, "written": stats.written, "images_encoded": stats.images_encoded,
+                        "skipped": [[b.path, b.line, b.reason] for b in policy.skipped]}
+            run.write_chunk(chunk, ("text", "image"), ("image_ids",), fill, done=chunks.index(chunk) + 1)
     finally:
         progress.close()
         pool.terminate()

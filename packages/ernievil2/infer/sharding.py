@@ -98,12 +98,17 @@ class ChunkedRun:
         remove_stale_temps(os.path.join(self.work_dir, "chunk_*.npz"))  # parts of chunks killed half-written
         return len(stale)
 
-    def writer(self, chunk, matrices, strings):
+    def write_chunk(self, chunk, matrices, strings, fill, done):
+        """Write one chunk atomically: fill(writer) adds its rows (writer.add) and returns its metadata; `done`:
+        how many chunks this rank has written with it (for after_chunk)."""
         os.makedirs(self.work_dir, exist_ok=True)
-        return NpzWriter(self.path(chunk), matrices=matrices, strings=strings)
-
-    def finish(self, writer, meta):
-        writer.finish(extra={"meta": np.array(json.dumps({**meta, "fingerprint": self.stamp}))})
+        writer = NpzWriter(self.path(chunk), matrices=matrices, strings=strings)
+        try:
+            meta = fill(writer)
+            writer.finish(extra={"meta": np.array(json.dumps({**meta, "fingerprint": self.stamp}))})
+        finally:
+            writer.cleanup()
+        after_chunk(done)
 
     def wait_for_all(self, progress_timeout=3600.0):
         """Block until every chunk is done (rank 0, before merging); fail when none appears for a long time."""
