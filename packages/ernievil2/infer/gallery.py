@@ -129,9 +129,7 @@ def run_embed(cfg, encoder=None):
     run = ChunkedRun(cfg.output_file, config_fingerprint(cfg, source.stamp()), source.count, cfg.chunk_rows,
                      rank, world)
     summary = GallerySummary(output_file=cfg.output_file, rank=rank, world=world)
-    summary.stale_chunks = run.refuse_stale(run.mine())
-    todo = [c for c in run.mine() if run.meta(c) is None]
-    summary.reused_items = sum(run.rows(c)[1] - run.rows(c)[0] for c in run.mine() if c not in todo)
+    summary.stale_chunks, todo, summary.reused_items = run.plan()
     try:
         if todo:
             _embed_gallery_chunks(run, todo, source, kind, cfg, encoder)

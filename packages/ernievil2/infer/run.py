@@ -110,9 +110,7 @@ def run_inference(cfg, encoder=None):
     stamp = config_fingerprint(cfg, [file_stamp(f) for f in index.files])
     run = ChunkedRun(out_opts.output_file, stamp, len(index), cfg.chunk_rows, rank, world)
     summary = Summary(output_file=out_opts.output_file, rank=rank, world=world)
-    summary.stale_chunks = run.refuse_stale(run.mine())
-    todo = [c for c in run.mine() if run.meta(c) is None]
-    summary.reused_rows = sum(run.rows(c)[1] - run.rows(c)[0] for c in run.mine() if c not in todo)
+    summary.stale_chunks, todo, summary.reused_rows = run.plan()
     try:
         if todo:
             _embed_chunks(run, todo, index, cfg, encoder, tokenizer, pipe_opts, out_opts.progress)

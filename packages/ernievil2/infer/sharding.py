@@ -98,6 +98,12 @@ class ChunkedRun:
         remove_stale_temps(os.path.join(self.work_dir, "chunk_*.npz"))  # parts of chunks killed half-written
         return len(stale)
 
+    def plan(self):
+        """This rank's work: (stale chunks removed, chunks still to write, rows reused from finished chunks)."""
+        stale = self.refuse_stale(self.mine())
+        todo = [c for c in self.mine() if self.meta(c) is None]
+        return stale, todo, sum(self.rows(c)[1] - self.rows(c)[0] for c in self.mine() if c not in todo)
+
     def write_chunk(self, chunk, matrices, strings, fill, done):
         """Write one chunk atomically: fill(writer) adds its rows (writer.add) and returns its metadata; `done`:
         how many chunks this rank has written with it (for after_chunk)."""
