@@ -8,6 +8,7 @@ from conftest import REPO
 from ernievil2.config import (
     ConfigError,
     Field,
+    Section,
     load_config,
     parse_override,
     split_cli_overrides,
@@ -40,7 +41,7 @@ def test_defaults_file_and_overrides_merge_in_that_order(tmp_path):
     ("need: 1\nflag: 1\n", [], "'flag' must be bool"),
     ("need: 1\n", ["mode=c"], "'mode' must be one of a, b; got 'c'"),
     ("batch: 2\n", [], "missing required key 'need'"),
-    ("need: 1\nnested: 5\n", [], "'nested.' must be a mapping"),
+    ("need: 1\nnested: 5\n", [], "'nested' must be a mapping"),
     ("need: [1\n", [], ":2: invalid YAML"),
     ("- a\n- b\n", [], "the top level must be a mapping"),
 ])
@@ -98,3 +99,69 @@ def test_yaml_12_numbers():
     assert parse_override("x=1.5") == ("x", 1.5)
     assert parse_override("host=127.0.0.1:8090") == ("host", "127.0.0.1:8090")
     assert parse_override("t=1:20") == ("t", "1:20")  # not sexagesimal 80
+
+
+RANGED = {"count": Field(1, minimum=1), "ratio": Field(0.5, minimum=0.0, below=1.0), "eps": Field(1e-3, maximum=1.0),
+          "terms": Field(["a"], items=("a", "b"))}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("count=0", "'count' must be >= 1, got 0"),
+    ("ratio=1.0", "'ratio' must be in [0.0, 1.0), got 1.0"),
+    ("ratio=.nan", "'ratio' must be in [0.0, 1.0), got nan"),
+    ("eps=2", "'eps' must be <= 1.0, got 2.0"),
+    ("terms=[a, c]", "'terms' may hold only a, b; got 'c'"),
+])
+def test_ranges_and_list_items_are_checked(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(RANGED, None, [override])
+    assert message in str(err.value)
+    assert load_config(RANGED, None, ["count=7", "ratio=0", "terms=[b, a]"]).terms == ["b", "a"]
+
+
+def test_a_section_check_names_the_key_under_its_section():
+    def at_most_one(node):
+        if node.a and node.b:
+            raise ConfigError("and b cannot both be true", where="a")
+    schema = {"top": Section({"a": False, "b": False}, check=at_most_one)}
+    assert load_config(schema, None, ["top.a=true"]).top.a is True
+    with pytest.raises(ConfigError, match=r"<config>: 'top.a' and b cannot both be true"):
+        load_config(schema, None, ["top.a=true", "top.b=true"])
+
+
+def test_the_chunk_fingerprint_leaves_out_exactly_the_keys_that_do_not_affect_output():
+    from ernievil2.infer import sharding
+    from ernievil2.infer.options import OUTPUT_ONLY_KEYS
+    assert set(sharding.OUTPUT_ONLY_KEYS) == set(OUTPUT_ONLY_KEYS)
+    assert {"device", "progress", "output_file"} <= set(OUTPUT_ONLY_KEYS)
+    assert not {"max_text_seqlen", "precision", "init_from_params"} & set(OUTPUT_ONLY_KEYS)
+
+
+def test_typed_options_take_their_defaults_from_the_schema():
+    from dataclasses import fields
+
+    from ernievil2.infer.options import INFER_SCHEMA, YAML_KEYS, PipelineOptions
+    for f in fields(PipelineOptions):
+        if f.name != "vocab_file":
+            assert f.default == INFER_SCHEMA[YAML_KEYS.get(f.name, f.name)].default, f.name
+
+
+def test_loss_and_model_sections_are_checked_at_load(monkeypatch):
+    demo = os.path.join(REPO, "packages", "configs", "demo.yaml")
+    cases = [(["loss.queue.enabled=true", "loss.queue.size=100"],
+              "'loss.queue.size' (100) must be a multiple of the global batch size (48 = data.batch_size 48 x 1"),
+             (["model.vision={width: 64, heads: 3}"], "'model.vision.width' 64 is not divisible by heads 3"),
+             (["model.vision={widht: 64}"], "unknown key 'model.vision.widht' (did you mean model.vision.width?)"),
+             (["model.text={hidden_act: tanh}"], "'model.text.hidden_act' must be one of gelu, relu"),
+             (["loss.queue.momentum=1"], "'loss.queue.momentum' must be in [0.0, 1.0)")]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError) as err:
+            load_train_config(demo, overrides)
+        assert message in str(err.value) and demo in str(err.value), str(err.value)
+    # Under the launcher the world size is known at load: 96 rows is one global batch of 2 ranks x 48 ...
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "0")
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    assert load_train_config(demo, ["loss.queue.enabled=true", "loss.queue.size=96"]).loss.queue.size == 96
+    # ... and 144 rows (a multiple of the per-rank 48) is not a multiple of it.
+    with pytest.raises(ConfigError, match=r"\(96 = data.batch_size 48 x 2 ranks\)"):
+        load_train_config(demo, ["loss.queue.enabled=true", "loss.queue.size=144"])

@@ -3,27 +3,69 @@ ERNIE 3.0 text tower, the dual encoder that pairs them, and the initial contrast
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
+from ..config import Field, Section, resolve
 from ..errors import ConfigError, InputError
+
+
+def _check_vision(v):
+    if v.image_size % v.patch_size:
+        raise ConfigError(f"{v.image_size} is not a multiple of patch_size {v.patch_size}", where="image_size")
+    if v.width % v.heads:
+        raise ConfigError(f"{v.width} is not divisible by heads {v.heads}", where="width")
+
+
+VISION_SCHEMA = Section({
+    "image_size": Field(224, minimum=1, doc="square input side in pixels"),
+    "patch_size": Field(16, minimum=1, doc="square patch side in pixels"),
+    "width": Field(768, minimum=1, doc="hidden size (= the embedding size; equal to the text hidden_size)"),
+    "layers": Field(12, minimum=1, doc="transformer blocks"),
+    "heads": Field(12, minimum=1, doc="attention heads"),
+    "mlp_ratio": Field(4.0, minimum=0.0, doc="MLP hidden size / width"),
+    "layer_norm_eps": Field(1e-6, minimum=0.0),
+    "dropout": Field(0.0, minimum=0.0, below=1.0, doc="the released model was trained without dropout here"),
+}, check=_check_vision, doc="the ViT image tower: a preset name (vit_b16, vit_l14) or these keys (with `preset`)")
+
+
+def _check_text(t):
+    if t.hidden_size % t.num_attention_heads:
+        raise ConfigError(f"{t.hidden_size} is not divisible by num_attention_heads {t.num_attention_heads}",
+                          where="hidden_size")
+
+
+TEXT_SCHEMA = Section({
+    "vocab_size": Field(40000, minimum=1),
+    "hidden_size": Field(768, minimum=1, doc="equal to the vision width"),
+    "num_hidden_layers": Field(12, minimum=1),
+    "num_attention_heads": Field(12, minimum=1),
+    "intermediate_size": Field(0, minimum=0, doc="0: 4 x hidden_size"),
+    "max_position_embeddings": Field(2048, minimum=1, doc="longest text in tokens"),
+    "hidden_dropout_prob": Field(0.1, minimum=0.0, below=1.0),
+    "attention_probs_dropout_prob": Field(0.1, minimum=0.0, below=1.0),
+    "hidden_act": Field("gelu", choices=("gelu", "relu")),
+    "layer_norm_eps": Field(1e-5, minimum=0.0),
+    "pad_token_id": Field(0, minimum=0),
+}, check=_check_text, doc="the ERNIE 3.0 text tower: an ernie_config JSON file or these keys")
+
+
+def _default(schema, key):
+    return schema[key].default
 
 
 @dataclass
 class VisionConfig:
-    image_size: int = 224
-    patch_size: int = 16
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-    mlp_ratio: float = 4.0
-    layer_norm_eps: float = 1e-6
-    dropout: float = 0.0  # the released model was trained without dropout in the image tower
+    image_size: int = _default(VISION_SCHEMA, "image_size")
+    patch_size: int = _default(VISION_SCHEMA, "patch_size")
+    width: int = _default(VISION_SCHEMA, "width")
+    layers: int = _default(VISION_SCHEMA, "layers")
+    heads: int = _default(VISION_SCHEMA, "heads")
+    mlp_ratio: float = _default(VISION_SCHEMA, "mlp_ratio")
+    layer_norm_eps: float = _default(VISION_SCHEMA, "layer_norm_eps")
+    dropout: float = _default(VISION_SCHEMA, "dropout")
 
     def __post_init__(self):
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"vision: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.width % self.heads:
-            raise ConfigError(f"vision: width {self.width} is not divisible by heads {self.heads}")
+        resolve(VISION_SCHEMA, self.to_dict(), prefix="vision.")  # values set in code pass the same checks
 
     @property
     def num_positions(self):
@@ -45,35 +87,28 @@ _IGNORED_JSON_KEYS = {"sent_type_vocab_size", "task_type_vocab_size", "type_voca
 
 @dataclass
 class TextConfig:
-    vocab_size: int = 40000
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 0  # 0 means 4 * hidden_size
-    max_position_embeddings: int = 2048
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-5
-    pad_token_id: int = 0
+    vocab_size: int = _default(TEXT_SCHEMA, "vocab_size")
+    hidden_size: int = _default(TEXT_SCHEMA, "hidden_size")
+    num_hidden_layers: int = _default(TEXT_SCHEMA, "num_hidden_layers")
+    num_attention_heads: int = _default(TEXT_SCHEMA, "num_attention_heads")
+    intermediate_size: int = _default(TEXT_SCHEMA, "intermediate_size")
+    max_position_embeddings: int = _default(TEXT_SCHEMA, "max_position_embeddings")
+    hidden_dropout_prob: float = _default(TEXT_SCHEMA, "hidden_dropout_prob")
+    attention_probs_dropout_prob: float = _default(TEXT_SCHEMA, "attention_probs_dropout_prob")
+    hidden_act: str = _default(TEXT_SCHEMA, "hidden_act")
+    layer_norm_eps: float = _default(TEXT_SCHEMA, "layer_norm_eps")
+    pad_token_id: int = _default(TEXT_SCHEMA, "pad_token_id")
 
     def __post_init__(self):
+        resolve(TEXT_SCHEMA, self.to_dict(), prefix="text.")
         if self.intermediate_size == 0:
             self.intermediate_size = 4 * self.hidden_size
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"text: hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
-        if self.hidden_act not in ("gelu", "relu"):
-            raise ConfigError(f"text: hidden_act {self.hidden_act!r} is not supported (gelu or relu)")
 
     @classmethod
-    def from_dict(cls, values, source="text config"):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known - _IGNORED_JSON_KEYS)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; "
-                              f"expected some of {', '.join(sorted(known))}")
-        return cls(**{k: v for k, v in values.items() if k in known})
+    def from_dict(cls, values, source=None, prefix="model.text."):
+        """From an ernie_config JSON's or a YAML's mapping (keys checked against TEXT_SCHEMA)."""
+        values = {k: v for k, v in values.items() if k not in _IGNORED_JSON_KEYS}
+        return cls(**resolve(TEXT_SCHEMA, values, source, prefix))
 
     @classmethod
     def from_json(cls, path):
@@ -84,7 +119,7 @@ class TextConfig:
                 values = json.load(f)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-        return cls.from_dict(values, source=path)
+        return cls.from_dict(values, source=path, prefix="")
 
     def to_dict(self):
         return asdict(self)
@@ -108,13 +143,13 @@ class ModelConfig:
         """vision: a preset name (vit_b16, vit_l14) or a dict of VisionConfig fields (optionally with `preset`);
         text: a path to an ernie_config JSON, a dict of TextConfig fields, or None for ERNIE 3.0 base;
         dropout: if given, overrides every dropout probability of both towers (0 turns dropout off)."""
-        vision_cfg = _vision_config(vision)
+        vision_cfg = vision_config(vision)
         if text is None:
             text_cfg = TextConfig()
         elif isinstance(text, str):
             text_cfg = TextConfig.from_json(text)
         else:
-            text_cfg = TextConfig.from_dict(dict(text), source="model.text")
+            text_cfg = TextConfig.from_dict(dict(text))
         if dropout is not None:
             vision_cfg.dropout = float(dropout)
             text_cfg.hidden_dropout_prob = float(dropout)
@@ -122,7 +157,9 @@ class ModelConfig:
         return cls(vision=vision_cfg, text=text_cfg)
 
 
-def _vision_config(spec):
+def vision_config(spec, source=None, key="model.vision"):
+    """A VisionConfig from a preset name or a mapping of VISION_SCHEMA keys (optionally with `preset`); errors
+    name `key`."""
     if isinstance(spec, VisionConfig):
         return spec
     if isinstance(spec, str):
@@ -132,12 +169,8 @@ def _vision_config(spec):
     values = {}
     if preset is not None:
         if preset not in VISION_PRESETS:
-            raise ConfigError(f"model.vision: unknown preset {preset!r}; choose one of {', '.join(VISION_PRESETS)}")
+            raise ConfigError(f"'{key}': unknown preset {preset!r}; choose one of {', '.join(VISION_PRESETS)}",
+                              where=source)
         values.update(VISION_PRESETS[preset])
-    known = set(VisionConfig.__dataclass_fields__)
-    unknown = sorted(set(spec) - known)
-    if unknown:
-        raise ConfigError(f"model.vision: unknown key(s) {', '.join(unknown)}; "
-                          f"expected some of {', '.join(sorted(known))}")
     values.update(spec)
-    return VisionConfig(**values)
+    return VisionConfig(**resolve(VISION_SCHEMA, values, source, prefix=f"{key}."))

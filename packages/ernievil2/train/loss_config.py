@@ -1,10 +1,11 @@
 """The ``loss:`` section of a training config: which multi-view terms are on, their weights, the cross-modal
-view pairing and the momentum queue (`losses` computes them).  No Paddle here, so configs validate quickly."""
+view pairing and the momentum queue (`losses` computes them).  Its keys are `LOSS_SCHEMA`, checked by the
+generic schema like every other section; `LossConfig` is the typed copy the loss takes.  No Paddle here."""
 import dataclasses
-import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
+from ..config import Field, Section, resolve
 from ..data.prompts import TAG_PROMPT, TAG_SEPARATOR
 from ..errors import ConfigError
 
@@ -13,85 +14,81 @@ CROSS_MODAL_TERMS = ("image_caption", "image_tags")
 MASK_MODES = ("none", "image", "caption", "both")
 
 
-class LossConfigError(ConfigError):
-    """A bad ``loss:`` section; the message starts with the dotted path of the offending key."""
+def _check_loss(loss):
+    if all(loss.weights[t] == 0 for t in TERMS):
+        raise ConfigError("every term weight is 0, nothing to train", where="weights")
+    if loss.queue.enabled and not any(loss.weights[t] > 0 for t in loss.queue.terms):
+        raise ConfigError(f"is true, but the queue only feeds {list(loss.queue.terms)}, whose weights are all 0",
+                          where="queue.enabled")
+
+
+LOSS_SCHEMA = Section({
+    "weights": Section({term: Field(1.0, minimum=0.0, doc=f"weight of the {term} term; 0 turns it off")
+                        for term in TERMS}),
+    "cross_modal_image_view": Field(2, choices=(1, 2), doc="the image view of the cross-modal terms (paper: 2)"),
+    "cross_modal_text_view": Field(1, choices=(1, 2), doc="the caption view of image_caption (paper: 1)"),
+    "negatives": Field("full", choices=("full", "local"),
+                       doc="full: every rank's rows are negatives; local: only this rank's"),
+    "mask_duplicates": Field("image", choices=MASK_MODES,
+                             doc="rows of the same image / caption are not used as negatives"),
+    "max_logit_scale": Field(100.0, minimum=1.0, doc="exp(t) is clamped to [1, max_logit_scale]"),
+    "tag_prompt": Field(TAG_PROMPT, doc="object-tag text = tag_prompt + tag_separator.join(tags)"),
+    "tag_separator": Field(TAG_SEPARATOR),
+    "queue": Section({
+        "enabled": Field(False, doc="a momentum queue of extra negatives (MoCo style)"),
+        "size": Field(16384, minimum=1, doc="queued rows; a multiple of the global batch (ours, not the paper's)"),
+        "momentum": Field(0.999, minimum=0.0, below=1.0, doc="EMA factor of the momentum towers (MoCo's default)"),
+        "terms": Field(list(CROSS_MODAL_TERMS), items=CROSS_MODAL_TERMS,
+                       doc="cross-modal terms that receive the queue negatives"),
+    }),
+}, check=_check_loss, doc="the multi-view contrastive loss")
+
+
+def _default(section, key):
+    return section[key].default
 
 
 @dataclass
 class LossWeights:
-    image_image: float = 1.0
-    text_text: float = 1.0
-    image_caption: float = 1.0
-    image_tags: float = 1.0
+    image_image: float = _default(LOSS_SCHEMA["weights"], "image_image")
+    text_text: float = _default(LOSS_SCHEMA["weights"], "text_text")
+    image_caption: float = _default(LOSS_SCHEMA["weights"], "image_caption")
+    image_tags: float = _default(LOSS_SCHEMA["weights"], "image_tags")
 
 
 @dataclass
 class QueueConfig:
-    enabled: bool = False
-    size: int = 16384      # ours, not from the BriVL paper; must be a multiple of the global batch
-    momentum: float = 0.999  # EMA factor of the momentum towers (MoCo's default)
-    terms: Tuple[str, ...] = CROSS_MODAL_TERMS  # cross-modal terms that receive the queue negatives
+    enabled: bool = _default(LOSS_SCHEMA["queue"], "enabled")
+    size: int = _default(LOSS_SCHEMA["queue"], "size")
+    momentum: float = _default(LOSS_SCHEMA["queue"], "momentum")
+    terms: Tuple[str, ...] = tuple(_default(LOSS_SCHEMA["queue"], "terms"))
 
 
 @dataclass
 class LossConfig:
-    """Mirror of the YAML ``loss:`` section (every key optional; defaults below)."""
+    """Typed copy of the ``loss:`` section (defaults and checks: LOSS_SCHEMA)."""
     weights: LossWeights = field(default_factory=LossWeights)
-    cross_modal_image_view: int = 2  # the paper's figure pairs image view 2 ...
-    cross_modal_text_view: int = 1   # ... with text view 1
-    negatives: str = "full"          # full | local (see module docstring)
-    mask_duplicates: str = "image"   # none | image | caption | both: rows of the same image / text are no negatives
-    max_logit_scale: float = 100.0   # clamp_logit_scale_ keeps exp(t) in [1, max_logit_scale]
-    tag_prompt: str = TAG_PROMPT     # object-tag text = tag_prompt + tag_separator.join(tags)
-    tag_separator: str = TAG_SEPARATOR
+    cross_modal_image_view: int = _default(LOSS_SCHEMA, "cross_modal_image_view")
+    cross_modal_text_view: int = _default(LOSS_SCHEMA, "cross_modal_text_view")
+    negatives: str = _default(LOSS_SCHEMA, "negatives")
+    mask_duplicates: str = _default(LOSS_SCHEMA, "mask_duplicates")
+    max_logit_scale: float = _default(LOSS_SCHEMA, "max_logit_scale")
+    tag_prompt: str = _default(LOSS_SCHEMA, "tag_prompt")
+    tag_separator: str = _default(LOSS_SCHEMA, "tag_separator")
     queue: QueueConfig = field(default_factory=QueueConfig)
 
     @classmethod
-    def from_dict(cls, d: Optional[Mapping[str, Any]], prefix: str = "loss") -> "LossConfig":
-        """Build and validate from a plain mapping; errors name the bad key, e.g. ``loss.weights.x``."""
-        d = {} if d is None else d
-        _expect_mapping(d, prefix)
-        known = {f.name for f in dataclasses.fields(cls)}
-        _reject_unknown(d, known, prefix)
-        cfg = cls()
-        if "weights" in d:
-            w = d["weights"] if d["weights"] is not None else {}
-            _expect_mapping(w, f"{prefix}.weights")
-            _reject_unknown(w, set(TERMS), f"{prefix}.weights")
-            for k, v in w.items():
-                setattr(cfg.weights, k, _number(v, f"{prefix}.weights.{k}", low=0.0))
-        for k in ("cross_modal_image_view", "cross_modal_text_view"):
-            if k in d:
-                if isinstance(d[k], bool) or d[k] not in (1, 2):
-                    raise LossConfigError(f"{prefix}.{k}: must be 1 or 2, got {d[k]!r}")
-                setattr(cfg, k, int(d[k]))
-        if "negatives" in d:
-            if d["negatives"] not in ("full", "local"):
-                raise LossConfigError(f"{prefix}.negatives: must be 'full' or 'local', got {d['negatives']!r}")
-            cfg.negatives = d["negatives"]
-        if "mask_duplicates" in d:
-            if d["mask_duplicates"] not in MASK_MODES:
-                raise LossConfigError(f"{prefix}.mask_duplicates: must be one of {', '.join(MASK_MODES)}, "
-                                      f"got {d['mask_duplicates']!r}")
-            cfg.mask_duplicates = d["mask_duplicates"]
-        if "max_logit_scale" in d:
-            cfg.max_logit_scale = _number(d["max_logit_scale"], f"{prefix}.max_logit_scale", low=1.0)
-        for k in ("tag_prompt", "tag_separator"):
-            if k in d:
-                if not isinstance(d[k], str):
-                    raise LossConfigError(f"{prefix}.{k}: must be a string, got {d[k]!r}")
-                setattr(cfg, k, d[k])
-        if "queue" in d:
-            cfg.queue = _queue_from_dict(d["queue"], f"{prefix}.queue")
-        cfg.validate(prefix)
-        return cfg
+    def from_dict(cls, d: Optional[Mapping[str, Any]], source: str = "loss config") -> "LossConfig":
+        """Check a plain mapping against LOSS_SCHEMA and build the typed copy; errors name the key, e.g.
+        ``'loss.weights.x'``."""
+        node = resolve(LOSS_SCHEMA, {} if d is None else d, source, prefix="loss.")
+        top = {k: v for k, v in node.items() if k not in ("weights", "queue")}
+        queue = QueueConfig(**{**node.queue, "terms": tuple(node.queue.terms)})
+        return cls(weights=LossWeights(**node.weights), queue=queue, **top)
 
-    def validate(self, prefix: str = "loss") -> None:
-        if all(getattr(self.weights, t) == 0 for t in TERMS):
-            raise LossConfigError(f"{prefix}.weights: every term weight is 0, nothing to train")
-        if self.queue.enabled and not any(getattr(self.weights, t) > 0 for t in self.queue.terms):
-            raise LossConfigError(f"{prefix}.queue.enabled: the queue only feeds {list(self.queue.terms)}, "
-                                  f"whose weights are all 0")
+    def validate(self) -> None:
+        """Re-check a LossConfig built or changed in code."""
+        LossConfig.from_dict(self.to_dict())
 
     def term_views(self) -> Dict[str, Tuple[str, str]]:
         """The two views each term contrasts, e.g. image_caption -> ("image_view2", "text_view1")."""
@@ -109,50 +106,3 @@ class LossConfig:
         d = dataclasses.asdict(self)
         d["queue"]["terms"] = list(d["queue"]["terms"])
         return d
-
-
-def _queue_from_dict(q, qp):
-    """The `loss.queue` mapping -> QueueConfig (errors name `qp.key`)."""
-    q = {} if q is None else q
-    queue = QueueConfig()
-    _expect_mapping(q, qp)
-    _reject_unknown(q, {f.name for f in dataclasses.fields(QueueConfig)}, qp)
-    if "enabled" in q:
-        if not isinstance(q["enabled"], bool):
-            raise LossConfigError(f"{qp}.enabled: must be true or false, got {q['enabled']!r}")
-        queue.enabled = q["enabled"]
-    if "size" in q:
-        if isinstance(q["size"], bool) or not isinstance(q["size"], int) or q["size"] <= 0:
-            raise LossConfigError(f"{qp}.size: must be a positive integer, got {q['size']!r}")
-        queue.size = q["size"]
-    if "momentum" in q:
-        m = _number(q["momentum"], f"{qp}.momentum", low=0.0)
-        if m >= 1.0:
-            raise LossConfigError(f"{qp}.momentum: must be in [0, 1), got {m!r}")
-        queue.momentum = m
-    if "terms" in q:
-        terms = q["terms"]
-        if isinstance(terms, str) or not isinstance(terms, Sequence):
-            raise LossConfigError(f"{qp}.terms: must be a list, got {terms!r}")
-        for t in terms:
-            if t not in CROSS_MODAL_TERMS:
-                raise LossConfigError(f"{qp}.terms: {t!r} is not one of {list(CROSS_MODAL_TERMS)}")
-        queue.terms = tuple(terms)
-    return queue
-
-
-def _expect_mapping(d, path):
-    if not isinstance(d, Mapping):
-        raise LossConfigError(f"{path}: must be a mapping, got {type(d).__name__}")
-
-
-def _reject_unknown(d, known, path):
-    for k in d:
-        if k not in known:
-            raise LossConfigError(f"{path}.{k}: unknown key (expected one of {sorted(known)})")
-
-
-def _number(v, path, low):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
-        raise LossConfigError(f"{path}: must be a finite number >= {low}, got {v!r}")
-    return float(v)
