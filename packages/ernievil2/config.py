@@ -304,7 +304,8 @@ def describe_schema(schema, prefix=""):
         default = "required" if field.required else f"`{_yaml_text(field.default)}`"
         cells = [f"`{key}`", type_text, default, field.range_text(), "yes" if field.affects_output else "no",
                  field.doc]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
+        cells = [cell.replace("|", "\\|").replace("<", "\\<").replace("\n", " ") for cell in cells]  # Markdown
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

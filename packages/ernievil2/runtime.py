@@ -110,6 +110,13 @@ def set_cpu_threads(n=0, local_ranks=1):
     return n
 
 
+def launched_world_size(environ=None):
+    """Ranks paddle.distributed.launch started (PADDLE_TRAINERS_NUM; 1 without the launcher), known before
+    Paddle loads."""
+    environ = os.environ if environ is None else environ
+    return max(1, int(environ.get("PADDLE_TRAINERS_NUM", "1")))
+
+
 def launch_plan(cpu_processes, log_dir, gpu_count, per_gpu=True):
     """How a script starts a run when it gets no launcher options: ("single",) for one process, or
     ("launch", *options) for paddle.distributed.launch: one rank per visible GPU when there are several and

@@ -165,3 +165,18 @@ def test_loss_and_model_sections_are_checked_at_load(monkeypatch):
     # ... and 144 rows (a multiple of the per-rank 48) is not a multiple of it.
     with pytest.raises(ConfigError, match=r"\(96 = data.batch_size 48 x 2 ranks\)"):
         load_train_config(demo, ["loss.queue.enabled=true", "loss.queue.size=144"])
+
+
+def test_the_committed_configuration_reference_is_the_generated_one(tmp_path, capsys):
+    from ernievil2.cli.config_docs import config_reference, main
+    committed = os.path.join(REPO, "docs", "configuration.md")
+    text = config_reference()
+    assert open(committed, encoding="utf-8").read() == text, "run: python -m ernievil2 config-docs"
+    for key in ("max_text_seqlen", "loss.queue.momentum", "data.batch_size", "hidden_act", "top_k"):
+        assert f"| `{key}` |" in text
+    assert "| `loss.queue.momentum` | float | `0.999` | in [0.0, 1.0) | yes |" in text
+    assert main(["--check", "--out", committed]) == 0
+    stale = tmp_path / "configuration.md"
+    stale.write_text(text.replace("max_text_seqlen", "max_len"), encoding="utf-8")
+    assert main(["--check", "--out", str(stale)]) == 1
+    assert main(["--out", str(stale)]) == 0 and stale.read_text(encoding="utf-8") == text

@@ -17,6 +17,7 @@ COMMANDS = {
     "demo-data": ("data", "demo_data_main", "generate the synthetic demo data set"),
     "build-vocab": ("data", "build_vocab_main", "build a token\\tid vocabulary from TSV files"),
     "convert-data": ("data", "convert_data_main", "convert images + captions to the TSV format"),
+    "config-docs": ("config_docs", "main", "write docs/configuration.md from the config schemas"),
 }
 
 

@@ -5,9 +5,9 @@ import os
 from ..config import REQUIRED, Field, Section, load_config
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..errors import ConfigError
-from ..infer.sharding import current_rank
 from ..model.configs import TextConfig, vision_config
 from ..runtime import launch_plan as runtime_launch_plan
+from ..runtime import launched_world_size
 from .loss_config import LOSS_SCHEMA
 
 def _augment_keys():
@@ -29,7 +29,7 @@ def _check_training(cfg):
         raise ConfigError(f"must be auto or a checkpoint directory; {cfg.resume} does not exist", where="resume")
     # Under paddle.distributed.launch the world size is known here, before Paddle loads; the global batch is
     # the per-rank batch times the ranks, and the queue takes whole global batches.
-    world = current_rank()[1]
+    world = launched_world_size()
     if cfg.loss.queue.enabled and cfg.loss.queue.size % (cfg.data.batch_size * world):
         raise ConfigError(f"({cfg.loss.queue.size}) must be a multiple of the global batch size "
                           f"({cfg.data.batch_size * world} = data.batch_size {cfg.data.batch_size} x {world} ranks)",
@@ -123,7 +123,8 @@ TRAIN_SCHEMA = Section({
     "search": Section({
         "queries": Field([], type=list, **NOT_OUTPUT, doc="texts searched for (top 3) in the index"),
     }, doc="after training (with a test_file): a search index over the test images (output_dir/search_index)"),
-}, check=_check_training, doc="run_train.sh")
+}, check=_check_training, doc="run_train.sh: the run, data, model, optimiser, schedule, mixed precision, loss "
+                               "and the steps after training")
 
 
 def load_train_config(path, overrides=()):
