@@ -10,7 +10,7 @@ from ..data.tokenizer import ErnieTokenizer
 from ..data.transforms import preprocess_eval
 from ..errors import ConfigError, InputError
 from ..infer.engines import make_encoder
-from ..infer.options import VOCAB_HELP, WEIGHTS_HELP, CalibrationOptions, EngineOptions
+from ..infer.options import INFER_SCHEMA, VOCAB_HELP, WEIGHTS_HELP, CalibrationOptions, EngineOptions
 from ..infer.pipeline import encode_texts_by_length
 from ..infer.zeroshot import FALLBACK_LOGIT_SCALE, class_embeddings, classify
 
@@ -34,8 +34,9 @@ def load(weights=None, vocab_file=None, device="auto", engine="auto", precision=
         raise InputError(f"vocab_file: file not found: {vocab_file}. {VOCAB_HELP}")
     if inference_model_dir is None and (not weights or not os.path.isfile(weights)):
         raise InputError(f"weights: file not found: {weights}. {WEIGHTS_HELP}")
-    if max_text_len < 3:
-        raise ConfigError(f"max_text_len must leave room for [CLS] and [SEP], got {max_text_len}")
+    shortest = INFER_SCHEMA["max_text_seqlen"].minimum
+    if max_text_len < shortest:
+        raise ConfigError(f"max_text_len must be >= {shortest} ([CLS], [SEP] and a token), got {max_text_len}")
     options = EngineOptions(weights=weights, vision_model=vision_model, text_model_config=text_model_config,
                             image_size=image_size, device=device, engine=engine, precision=precision,
                             inference_model_dir=inference_model_dir, cpu_threads=cpu_threads,
@@ -48,11 +49,12 @@ def load(weights=None, vocab_file=None, device="auto", engine="auto", precision=
 
 def model_from_config(cfg):
     """The Model an inference config (infer.options) describes: its weights, engine, device and precision."""
-    from ..infer.options import engine_options
-    if not os.path.isfile(cfg.vocab_file):
-        raise InputError(f"vocab_file: file not found: {cfg.vocab_file}. {VOCAB_HELP}")
-    return Model(make_encoder(engine_options(cfg)), ErnieTokenizer.from_file(cfg.vocab_file), cfg.image_size,
-                 cfg.max_text_seqlen, cfg.max_image_pixels)
+    from ..infer.options import engine_options, pipeline_options
+    engine, pipeline = engine_options(cfg), pipeline_options(cfg)
+    if not os.path.isfile(pipeline.vocab_file):
+        raise InputError(f"vocab_file: file not found: {pipeline.vocab_file}. {VOCAB_HELP}")
+    return Model(make_encoder(engine), ErnieTokenizer.from_file(pipeline.vocab_file), pipeline.image_size,
+                 pipeline.max_text_len, pipeline.max_image_pixels)
 
 
 class Model:

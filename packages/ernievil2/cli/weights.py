@@ -64,17 +64,18 @@ def _export(args, overrides):
     from ..infer.predictor import PredictorEncoder
     from ..interop.export import MIN_COSINE, compare_with_eager, export_towers
     cfg = load_infer_config(args.config, overrides)
-    if not cfg.inference_model_dir:
+    options = engine_options(cfg)
+    if not options.inference_model_dir:
         raise ConfigError(f"{args.config}: inference_model_dir is not set (add -o inference_model_dir=DIR)")
-    for key in ("init_from_params", "text_model_config"):
-        if not os.path.isfile(cfg[key]):
-            raise InputError(f"{key}: file not found: {cfg[key]}")
-    model = load_model(engine_options(cfg))
-    export_towers(model, cfg.inference_model_dir, image_size=cfg.image_size,
-                  extra_meta={"source_weights": os.path.abspath(cfg.init_from_params)})
-    print(f"exported the image and text towers to {cfg.inference_model_dir}")
+    for key, path in (("init_from_params", options.weights), ("text_model_config", options.text_model_config)):
+        if not os.path.isfile(path):
+            raise InputError(f"{key}: file not found: {path}")
+    model = load_model(options)
+    export_towers(model, options.inference_model_dir, image_size=options.image_size,
+                  extra_meta={"source_weights": os.path.abspath(options.weights)})
+    print(f"exported the image and text towers to {options.inference_model_dir}")
     if not args.no_verify:
-        encoder = PredictorEncoder(cfg.inference_model_dir, device="cpu", cpu_threads=cfg.cpu_threads)
+        encoder = PredictorEncoder(options.inference_model_dir, device="cpu", cpu_threads=options.cpu_threads)
         checks = compare_with_eager(model, encoder)
         print("exported vs eager, smallest cosine: "
               + ", ".join(f"{k} {v['cosine']:.7f}" for k, v in checks.items()))

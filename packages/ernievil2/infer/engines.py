@@ -129,15 +129,15 @@ def _build(engine, device, precision, options):
 
         def make(mode):
             if mode == "int8":
-                return int8_encoder(model_dir, options.calibration, options.cpu_threads, options.text_batch)
+                return int8_encoder(model_dir, options.calibration, options.cpu_threads, options.batch_size)
             return OpenVinoEncoder(model_dir, precision=mode, cpu_threads=options.cpu_threads,
-                                   image_batch=options.text_batch)
+                                   image_batch=options.batch_size)
     else:
         from .predictor import PredictorEncoder
 
         def make(mode):
             return PredictorEncoder(model_dir, device=device, cpu_threads=options.cpu_threads, precision=mode,
-                                    text_batch=options.text_batch, text_max_len=options.max_text_len)
+                                    text_batch=options.batch_size, text_max_len=options.max_text_len)
     encoder = make(precision)
     if precision == "fp32":
         return encoder

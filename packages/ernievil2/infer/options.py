@@ -7,12 +7,18 @@ from typing import Optional, Union
 
 from ..config import REQUIRED, Field, Section, load_config, output_only_keys
 from ..data.images import DEFAULT_MAX_PIXELS
+from ..model.configs import check_text_length, vision_config
 
 WEIGHTS_HELP = ("Download the official ERNIE-ViL 2.0 Base weights (ERNIE_VIL2_BASE_ViT.pdparams, linked from the "
                 "official Research/ERNIE-ViL2 readme) or use final.pdparams from run_train.sh, then set "
                 "init_from_params.")
 VOCAB_HELP = ("Use the ERNIE 3.0 base vocab.txt from the official release (packages/ernie_base_3.0/vocab.txt there) "
               "and set vocab_file.")
+
+def _check_inference(cfg):
+    vision_config(cfg.vision_model, key="vision_model")
+    check_text_length(cfg.text_model_config, cfg.max_text_seqlen, "max_text_seqlen")
+
 
 # Every key of the official ernie_vil_base.yaml keeps its meaning; the rest are ours, with defaults.  This is the
 # one declaration of a key: loading checks it, docs/configuration.md is generated from it (config-docs), and the
@@ -66,7 +72,7 @@ INFER_SCHEMA = Section({
     "chunk_rows": Field(10000, minimum=1, doc="rows per resumable chunk (and per share of a rank)"),
     "cpu_processes": Field(1, minimum=1, affects_output=False,
                            doc="CPU ranks run_infer.sh starts when given no launcher options"),
-}, doc="run_infer.sh and every command that embeds (embed, zeroshot, search, serve)")
+}, check=_check_inference, doc="run_infer.sh and every command that embeds (embed, zeroshot, search, serve)")
 
 OUTPUT_ONLY_KEYS = output_only_keys(INFER_SCHEMA)
 
@@ -81,19 +87,21 @@ def load_infer_config(path, overrides=(), schema=INFER_SCHEMA):
 QUERY_SCHEMA = Section({**INFER_SCHEMA,
                         "test_file": Field(None, type=str, affects_output=False, doc=INFER_SCHEMA["test_file"].doc),
                         "output_file": Field(None, type=str, affects_output=False, doc="the file written")},
+                       check=_check_inference,
                        doc="search and serve: the inference keys; test_file and output_file optional")
 EMBED_SCHEMA = Section({
     **QUERY_SCHEMA,
     "images": Field(None, type=str, doc="a folder of images (recursive) or an image_id \\t base64 TSV"),
     "texts": Field(None, type=str, doc="a text file (one query per line) or JSONL with text_id and text"),
-}, doc="python -m ernievil2 embed: the inference keys plus what to embed")
+}, check=_check_inference, doc="python -m ernievil2 embed: the inference keys plus what to embed")
 ZEROSHOT_SCHEMA = Section({
     **QUERY_SCHEMA,
     "images": Field(None, type=str, doc="a folder, an image_id \\t base64 TSV, or label \\t image_id \\t base64"),
     "labels": Field(None, type=str, doc="one class name per line"),
     "templates": Field(None, type=str, doc="one prompt per line with {} for the class name; null: built-in set"),
     "top_k": Field(5, minimum=1, doc="classes listed per image"),
-}, doc="python -m ernievil2 zeroshot: the inference keys plus images, labels and prompt templates")
+}, check=_check_inference,
+    doc="python -m ernievil2 zeroshot: the inference keys plus images, labels and prompt templates")
 
 
 def load_query_config(path, overrides=(), schema=QUERY_SCHEMA):
@@ -128,7 +136,8 @@ class EngineOptions:
     precision: str = _default("precision")
     inference_model_dir: Optional[str] = None
     cpu_threads: int = _default("cpu_threads")
-    text_batch: int = _default("infer_batch_size")  # rows per text block of the CPU predictor's fixed shapes
+    batch_size: int = _default("infer_batch_size")  # rows per batch (the CPU predictor's text block, OpenVINO's
+    #                                                 image batch)
     max_text_len: int = _default("max_text_seqlen")
     calibration: CalibrationOptions = CalibrationOptions()
 
@@ -160,8 +169,7 @@ class OutputOptions:
 
 # The YAML edge: an option whose YAML key has another (official) name.  Every other option field reads the key
 # of its own name, so a new key needs only its Field above and, where typed options carry it, a field there.
-YAML_KEYS = {"weights": "init_from_params", "max_text_len": "max_text_seqlen", "batch_size": "infer_batch_size",
-             "text_batch": "infer_batch_size"}
+YAML_KEYS = {"weights": "init_from_params", "max_text_len": "max_text_seqlen", "batch_size": "infer_batch_size"}
 
 
 def _options(cls, cfg, **given):
