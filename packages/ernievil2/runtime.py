@@ -8,6 +8,8 @@ importing `ernievil2` sets it on AMD CPUs with AVX2 when the user has not (any v
 import os
 import sys
 
+from .errors import ConfigError
+
 MKL_CPU_TYPE_VAR = "MKL_DEBUG_CPU_TYPE"
 MKL_AVX2 = "5"
 CPUINFO = "/proc/cpuinfo"
@@ -91,7 +93,7 @@ def resolve_device(requested="auto", gpu_index=None, warn=True):
     """
     import paddle
     if requested not in ("auto", "gpu", "cpu"):
-        raise ValueError(f"device must be auto, gpu or cpu, got {requested!r}")
+        raise ConfigError(f"'device' must be auto, gpu or cpu, got {requested!r}")
     if requested != "cpu" and gpu_count() > 0:
         paddle.set_device(f"gpu:{gpu_index or 0}")
         return "gpu"

@@ -180,3 +180,40 @@ def test_the_committed_configuration_reference_is_the_generated_one(tmp_path, ca
     stale.write_text(text.replace("max_text_seqlen", "max_len"), encoding="utf-8")
     assert main(["--check", "--out", str(stale)]) == 1
     assert main(["--out", str(stale)]) == 0 and stale.read_text(encoding="utf-8") == text
+
+
+def test_inference_configs_check_the_towers_at_load(tmp_path):
+    official = os.path.join(REPO, "packages", "configs", "ernie_vil_base.yaml")
+    text_json = tmp_path / "text.json"
+    text_json.write_text('{"hidden_size": 64, "num_attention_heads": 2, "max_position_embeddings": 40}')
+    cases = [([f"text_model_config={text_json}"], "'max_text_seqlen' 48 is longer than the text tower's "
+                                                  "max_position_embeddings 40"),
+             (["vision_model=vit_h14"], "'vision_model': unknown preset 'vit_h14'"),
+             (["vision_model={patch_size: 15}"], "'vision_model.image_size' 224 is not a multiple of patch_size 15")]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError) as err:
+            load_infer_config(official, overrides)
+        assert message in str(err.value) and official in str(err.value), str(err.value)
+    assert load_infer_config(official, [f"text_model_config={text_json}", "max_text_seqlen=40"]).max_text_seqlen == 40
+
+
+def test_a_training_config_mistake_is_one_line_and_exit_2(capsys):
+    from ernievil2.cli.train import train_main
+    demo = os.path.join(REPO, "packages", "configs", "demo.yaml")
+    code = train_main([demo, "-o", "loss.queue.enabled=true", "-o", "loss.queue.size=100"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "'loss.queue.size' (100) must be a multiple" in err
+    assert train_main([demo, "-o", "data.max_text_len=65"]) == 2
+    assert "'data.max_text_len' 65 is longer than the text tower's max_position_embeddings 64" in capsys.readouterr().err
+
+
+def test_library_checks_of_user_values_raise_config_errors():
+    from ernievil2.data.tokenizer import ErnieTokenizer
+    from ernievil2.interop.layouts import convert_state
+    from ernievil2.runtime import resolve_device
+    with pytest.raises(ConfigError, match="'device' must be auto, gpu or cpu, got 'tpu'"):
+        resolve_device("tpu")
+    with pytest.raises(ConfigError, match="duplicate_tokens must be"):
+        ErnieTokenizer.from_file("vocab.txt", duplicate_tokens="first")  # checked before the file is read
+    with pytest.raises(ConfigError, match="unknown target layout 'onnx'"):
+        convert_state({}, "onnx")

@@ -5,7 +5,7 @@ import unicodedata
 
 import numpy as np
 
-from ..errors import VocabError
+from ..errors import ConfigError, VocabError
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
 MAX_CHARS_PER_WORD = 100
@@ -81,7 +81,7 @@ def read_vocab(path, duplicate_tokens="last"):
     ``duplicate_tokens="error"`` refuses such a file instead.
     """
     if duplicate_tokens not in ("last", "error"):
-        raise ValueError(f"duplicate_tokens must be 'last' or 'error', not {duplicate_tokens!r}")
+        raise ConfigError(f"duplicate_tokens must be 'last' or 'error', not {duplicate_tokens!r}")
     lines = _vocab_lines(path)
     _, tab, first_id = lines[0].rpartition("\t")
     with_ids = bool(tab) and first_id.isdigit()
@@ -287,7 +287,7 @@ class ErnieTokenizer:
     def encode(self, text, max_len=48):
         """``[CLS] + ids[:max_len - 2] + [SEP]``, unpadded (the official reader's layout)."""
         if max_len < 2:
-            raise ValueError(f"max_len must be at least 2 to hold [CLS] and [SEP], got {max_len}")
+            raise ConfigError(f"max_len must be at least 2 to hold [CLS] and [SEP], got {max_len}")
         ids = [self.cls_id]
         for _, word_ids in self._lookup_words(text):
             ids.extend(word_ids)

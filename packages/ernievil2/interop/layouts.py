@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 OFFICIAL, PADDLENLP = "official", "paddlenlp"
 PADDLENLP_PREFIX = "ernie_vil."
@@ -147,7 +147,7 @@ def convert_state(state, target, drop_unknown=False, source="<state dict>"):
     accepted; the prefix is removed.
     """
     if target not in (OFFICIAL, PADDLENLP):
-        raise ValueError(f"unknown target layout {target!r}; choose {OFFICIAL} or {PADDLENLP}")
+        raise ConfigError(f"unknown target layout {target!r}; choose {OFFICIAL} or {PADDLENLP}")
     src_layout = detect_layout(state, source)
     state = _strip_prefix(state)
     if src_layout == target:

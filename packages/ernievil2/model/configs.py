@@ -157,6 +157,20 @@ class ModelConfig:
         return cls(vision=vision_cfg, text=text_cfg)
 
 
+def check_text_length(text, max_text_len, key, source=None):
+    """A text length the text tower `text` (a TextConfig, a mapping of its keys, or an ernie_config JSON path;
+    a missing file is left to whoever opens it) can take; errors name `key`."""
+    if isinstance(text, str):
+        if not os.path.isfile(text):
+            return
+        text = TextConfig.from_json(text)
+    elif isinstance(text, dict):
+        text = TextConfig.from_dict(text, source)
+    if max_text_len > text.max_position_embeddings:
+        raise ConfigError(f"{max_text_len} is longer than the text tower's max_position_embeddings "
+                          f"{text.max_position_embeddings}", where=key)
+
+
 def vision_config(spec, source=None, key="model.vision"):
     """A VisionConfig from a preset name or a mapping of VISION_SCHEMA keys (optionally with `preset`); errors
     name `key`."""

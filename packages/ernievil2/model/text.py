@@ -9,6 +9,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute
 
+from ..errors import ConfigError
 from .configs import TextConfig
 
 
@@ -81,8 +82,8 @@ class ErnieTextModel(nn.Layer):
     def forward(self, input_ids):
         n = input_ids.shape[1]
         if isinstance(n, int) and n > self.config.max_position_embeddings:  # symbolic when exported
-            raise ValueError(f"text of {n} tokens exceeds max_position_embeddings "
-                             f"{self.config.max_position_embeddings}")
+            raise ConfigError(f"text of {n} tokens exceeds the text tower's max_position_embeddings "
+                              f"{self.config.max_position_embeddings}; lower max_text_seqlen (data.max_text_len)")
         positions = paddle.arange(n, dtype="int64").unsqueeze(0)
         x = self.dropout(self.ln(self.word_emb(input_ids) + self.pos_emb(positions)))
         # [B, 1, 1, N] boolean mask: every query may attend to every non-padding key.

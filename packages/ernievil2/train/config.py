@@ -5,7 +5,7 @@ import os
 from ..config import REQUIRED, Field, Section, load_config
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..errors import ConfigError
-from ..model.configs import TextConfig, vision_config
+from ..model.configs import check_text_length, vision_config
 from ..runtime import launch_plan as runtime_launch_plan
 from ..runtime import launched_world_size
 from .loss_config import LOSS_SCHEMA
@@ -35,8 +35,7 @@ def _check_training(cfg):
                           f"({cfg.data.batch_size * world} = data.batch_size {cfg.data.batch_size} x {world} ranks)",
                           where="loss.queue.size")
     vision_config(cfg.model.vision)
-    if isinstance(cfg.model.text, dict):
-        TextConfig.from_dict(cfg.model.text)
+    check_text_length(cfg.model.text, cfg.data.max_text_len, "data.max_text_len")
 
 
 NOT_OUTPUT = dict(affects_output=False)
