@@ -5,10 +5,12 @@ Paddle's x86 wheels multiply matrices with a bundled Intel MKL (2019) that takes
 CPUs unless ``MKL_DEBUG_CPU_TYPE=5`` asks for its AVX2 kernels; MKL reads the variable at its first call, so
 importing `ernievil2` sets it on AMD CPUs with AVX2 when the user has not (any value the user sets wins).
 """
+import logging
 import os
-import sys
 
 from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 MKL_CPU_TYPE_VAR = "MKL_DEBUG_CPU_TYPE"
 MKL_AVX2 = "5"
@@ -99,7 +101,7 @@ def resolve_device(requested="auto", gpu_index=None, warn=True):
         return "gpu"
     if requested == "gpu" and warn:
         why = "no GPU is visible" if paddle.is_compiled_with_cuda() else "this Paddle build has no CUDA support"
-        print(f"warning: {why}; running on the CPU instead of the GPU", file=sys.stderr)
+        logger.warning("%s; running on the CPU instead of the GPU", why)
     paddle.set_device("cpu")
     return "cpu"
 

@@ -14,8 +14,8 @@ import numpy as np
 import paddle
 import pytest
 
-from ernievil2.errors import ConfigError
 from ernievil2.data.prompts import tag_text
+from ernievil2.errors import ConfigError
 from ernievil2.model.configs import INITIAL_TEMPERATURE
 from ernievil2.train import loss_config as LC
 from ernievil2.train import losses as L

@@ -2,6 +2,7 @@
 with the error's exit status (2: bad config or input; 1: a bad row or a failed run).  ERNIEVIL2_DEBUG=1
 re-raises instead, with the traceback."""
 import argparse
+import logging
 import os
 import sys
 
@@ -38,9 +39,41 @@ def report(error, prog=None, bad_row_hint="", bad_row_exit=None):
     return error.exit_code if isinstance(error, Error) else 2
 
 
+# Loggers whose notes (INFO) are a command's report on stdout, as run_train.sh has always printed them.
+STDOUT_LOGGERS = ("ernievil2.train",)
+
+
+class _ConsoleHandler(logging.Handler):
+    """The library's notes and warnings as the commands show them: one line each, warnings prefixed
+    "warning: ", on stderr (stdout for the trainer's report); the streams are looked up at each record, so
+    redirected or captured streams receive them."""
+
+    def emit(self, record):
+        try:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                text = f"warning: {text}"
+            to_stdout = record.levelno < logging.WARNING and record.name.startswith(STDOUT_LOGGERS)
+            stream = sys.stdout if to_stdout else sys.stderr
+            stream.write(text + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging must never end a run
+            self.handleError(record)
+
+
+def show_library_logs():
+    """Send the package's notes and warnings (logging, INFO and up) to the console; once per process."""
+    package = logging.getLogger("ernievil2")
+    if not any(isinstance(h, _ConsoleHandler) for h in package.handlers):
+        package.addHandler(_ConsoleHandler())
+        package.setLevel(logging.INFO)
+
+
 def guarded(run, prog=None, bad_row_hint="", bad_row_exit=None):
     """Call run() and return its exit status; a user-fixable error (or an OS error such as a full disk or a
-    missing permission) becomes one line on stderr instead of a traceback."""
+    missing permission) becomes one line on stderr instead of a traceback.  The library's notes and warnings
+    are shown (show_library_logs)."""
+    show_library_logs()
     try:
         return run() or 0
     except (Error, OSError) as e:

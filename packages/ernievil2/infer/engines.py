@@ -2,8 +2,8 @@
 Paddle Inference (`predictor.PredictorEncoder`), and the choice between them (`make_encoder`)."""
 import hashlib
 import json
+import logging
 import os
-import sys
 
 from .. import runtime
 from ..data.tsv import expand_sources
@@ -16,6 +16,8 @@ from .openvino_engine import available as openvino_available
 from .options import WEIGHTS_HELP
 from .quantize import available as int8_available
 from .quantize import held_out_samples, int8_encoder
+
+logger = logging.getLogger(__name__)
 
 
 class EagerEncoder:
@@ -80,8 +82,8 @@ def make_encoder(options):
         except RuntimeSupportError as e:
             if options.precision != "auto" or precision == candidates[-1]:
                 raise
-            print(f"note: precision auto: {precision} is not usable here ({e}); trying {candidates[i + 1]}",
-                  file=sys.stderr)
+            logger.info("note: precision auto: %s is not usable here (%s); trying %s", precision, e,
+                        candidates[i + 1])
     raise AssertionError("unreachable: the last candidate returns or raises")
 
 
@@ -172,7 +174,7 @@ def cached_export(options):
         return out_dir
     except (OSError, ValueError):
         pass
-    print(f"exporting the towers for Paddle Inference into {out_dir} (once per weights file)", file=sys.stderr)
+    logger.info("exporting the towers for Paddle Inference into %s (once per weights file)", out_dir)
     _prepare_paddle("cpu" if options.device == "cpu" else resolve_device(options.device, warn=False),
                     options.cpu_threads)
     model = load_model(options)

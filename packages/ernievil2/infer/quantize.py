@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 from importlib.metadata import version
 
 import numpy as np
@@ -25,6 +24,8 @@ from ..errors import ConfigError, InputError, RuntimeSupportError
 from ..fileio import temp_path_for, write_text_atomic
 from ..interop.export import TOWERS, ensure_onnx, read_export_meta
 from .openvino_engine import WIDTH_STEP, OpenVinoEncoder
+
+logger = logging.getLogger(__name__)
 
 QUANTIZE_VERSION = 3  # bumped when the recipe changes, so older cached models are not reused
 
@@ -98,9 +99,9 @@ def quantized_towers(model_dir, calibration, towers):
         return paths
     samples = calibration_samples(files, calibration.rows, calibration.vocab_file, calibration.max_text_len,
                                   calibration.image_size, calibration.max_image_pixels)
-    print(f"quantising the {'/'.join(missing)} tower(s) to int8, calibrated on {len(samples['text'])} texts and "
-          f"{len(samples['image'])} images of {', '.join(files)}, into {out_dir} (once per export and calibration "
-          "data; minutes for Base)", file=sys.stderr)
+    logger.info("quantising the %s tower(s) to int8, calibrated on %d texts and %d images of %s, into %s (once "
+                "per export and calibration data; minutes for Base)", "/".join(missing), len(samples["text"]),
+                len(samples["image"]), ", ".join(files), out_dir)
     onnx = ensure_onnx(model_dir, missing)
     os.makedirs(out_dir, exist_ok=True)
     tmp = temp_path_for(out_dir)

@@ -6,7 +6,7 @@ source; a TSV with a label column first (`label \\t image_id \\t base64`) also y
 """
 import collections
 import json
-import sys
+import logging
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -24,6 +24,8 @@ from .engines import make_encoder
 from .gallery import GallerySummary, batched, iter_image_embeddings
 from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
+
+logger = logging.getLogger(__name__)
 
 FALLBACK_LOGIT_SCALE = 100.0  # CLIP's clamp, for exports that predate the recorded scale
 ZEROSHOT_SCHEMA = {
@@ -133,8 +135,8 @@ def run_zeroshot(cfg, encoder=None):
     vectors = class_embeddings(encoder, tokenizer, labels, templates, cfg.max_text_seqlen, options.batch_size)
     scale = encoder.logit_scale
     if scale is None:
-        print(f"warning: this export does not record the model's logit scale; scores use {FALLBACK_LOGIT_SCALE} "
-              f"(rankings and accuracy are unaffected; export again to record it)", file=sys.stderr)
+        logger.warning("this export does not record the model's logit scale; scores use %s (rankings and accuracy "
+                       "are unaffected; export again to record it)", FALLBACK_LOGIT_SCALE)
         scale = FALLBACK_LOGIT_SCALE
     remove_stale_temps(cfg.output_file)
     policy = BadRowPolicy(options.on_bad_row, cfg.bad_row_log or f"{cfg.output_file}.skipped.txt")

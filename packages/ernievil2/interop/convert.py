@@ -5,12 +5,14 @@ them into a model, and converting files between layouts and containers.
 extension (`.pdparams` or `.safetensors`); `--to safetensors` keeps the layout and changes only the container,
 giving a pickle-free copy of a `.pdparams` file.
 """
+import logging
 import os
-import sys
 
 from ..errors import CheckpointError, ConfigError
 from ..model.weights import load_weights, read_raw_state, save_weights
 from .layouts import PADDLENLP, Conversion, convert_state, detect_layout, guess_layout
+
+logger = logging.getLogger(__name__)
 
 
 def read_state(path):
@@ -22,8 +24,7 @@ def read_state(path):
     if guess_layout(state) == PADDLENLP and any(k.split(".")[0] in ("vision_model", "text_model", "ernie_vil")
                                                 for k in state):
         state = convert_state(state, "official", source=path).state
-        print(f"note: {path}: PaddleNLP ErnieViLModel layout, converted to the official layout on load",
-              file=sys.stderr)
+        logger.info("note: %s: PaddleNLP ErnieViLModel layout, converted to the official layout on load", path)
     return state
 
 

@@ -1,12 +1,14 @@
 """Weight key layouts: the official one (ours) and PaddleNLP's `ErnieViLModel`, and the lossless conversion
 between them.  Pure numpy; reading and writing files: `interop.convert`."""
+import logging
 import re
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
 
 OFFICIAL, PADDLENLP = "official", "paddlenlp"
 PADDLENLP_PREFIX = "ernie_vil."
@@ -223,8 +225,8 @@ def to_official(state, drop_unknown=False, source="<state dict>"):
 def _convert_and_report(state, target, drop_unknown, source):
     result = convert_state(state, target, drop_unknown=drop_unknown, source=source)
     if result.dropped:
-        print(f"warning: {source}: dropped {len(result.dropped)} key(s) with no {target} counterpart: "
-              f"{', '.join(result.dropped)}", file=sys.stderr)
+        logger.warning("%s: dropped %d key(s) with no %s counterpart: %s", source, len(result.dropped), target,
+                       ", ".join(result.dropped))
     return result.state
 
 

@@ -5,9 +5,9 @@ Loading is strict by default: every missing key, unexpected key and shape mismat
 loaded unless all of them are absent.  `strict=False` loads what matches (for partial fine-tuning) and returns
 the same report.  Files are written atomically, so a crash never leaves a truncated checkpoint behind.
 """
+import logging
 import os
 import pickle
-import sys
 import zipfile
 from dataclasses import dataclass, field
 
@@ -16,6 +16,8 @@ import paddle
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,11 +75,11 @@ _pickle_notice_shown = False
 
 
 def _pickle_notice():
-    """Printed once per process, before the first `.pdparams` is unpickled."""
+    """Logged once per process, before the first `.pdparams` is unpickled."""
     global _pickle_notice_shown
     if not _pickle_notice_shown:
         _pickle_notice_shown = True
-        print(PICKLE_NOTICE, file=sys.stderr)
+        logger.info(PICKLE_NOTICE)
 
 
 def _read_pdparams(path, magic):

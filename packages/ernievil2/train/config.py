@@ -10,6 +10,7 @@ from ..runtime import launch_plan as runtime_launch_plan
 from ..runtime import launched_world_size
 from .loss_config import LOSS_SCHEMA
 
+
 def _augment_keys():
     """The options of data.transforms.augment_train a YAML may set under data.augment."""
     import inspect

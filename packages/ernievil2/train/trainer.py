@@ -7,9 +7,9 @@ queue, step); data order, augmentation and dropout are functions of (seed, step/
 run ends with the same weights as an uninterrupted one.
 """
 import json
+import logging
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -36,6 +36,8 @@ from .loss_config import LossConfig
 from .losses import MultiViewContrastiveLoss, clamp_logit_scale_, make_momentum_copy, momentum_update_
 from .optim import freeze_layers, make_optimizer
 from .order import GlobalBatchSampler
+
+logger = logging.getLogger(__name__)
 
 
 class MultiViewEncoder(nn.Layer):
@@ -118,8 +120,7 @@ class Trainer:
         if cfg.model.init_from_params:
             report = load_any_layout(self.model, cfg.model.init_from_params, strict=cfg.model.strict_load)
             if self.is_main and not report.ok:
-                print(f"warning: non-strict load of {cfg.model.init_from_params}: {report.describe()}",
-                      file=sys.stderr)
+                logger.warning("non-strict load of %s: %s", cfg.model.init_from_params, report.describe())
         elif cfg.model.init_logit_scale:
             with paddle.no_grad():
                 self.model.temperature.set_value(paddle.full([1], math.log(cfg.model.init_logit_scale)))
@@ -241,8 +242,8 @@ class Trainer:
         if skipped:
             self.bad_steps += 1
             if self.is_main:
-                print(f"warning: step {self.step + 1}: non-finite loss ({sums['loss']}); update skipped "
-                      f"({self.bad_steps} in a row)", file=sys.stderr)
+                logger.warning("step %d: non-finite loss (%s); update skipped (%d in a row)", self.step + 1,
+                               sums["loss"], self.bad_steps)
             if self.bad_steps > self.cfg.schedule.max_bad_steps:
                 last = checkpoint_dirs(self.out_dir)
                 raise TrainingError(
@@ -352,7 +353,7 @@ class Trainer:
         text, image, ids = embed_file(path, self._eval_pipeline(), EagerEncoder(self.model))
         self.model.train()
         metrics = retrieval_metrics(text, image, ids)
-        print(f"dev recall at step {self.step} ({path}):\n{format_table(metrics)}", flush=True)
+        logger.info("dev recall at step %d (%s):\n%s", self.step, path, format_table(metrics))
         return metrics
 
     def _eval_pipeline(self):
@@ -387,7 +388,7 @@ class Trainer:
         self.step = state["step"]
         self.bad_steps = state.get("bad_steps", 0)
         if self.is_main:
-            print(f"resumed from {path} at step {self.step}", flush=True)
+            logger.info("resumed from %s at step %d", path, self.step)
 
     def _checkpointed(self):
         return TrainingParts(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -422,7 +423,7 @@ class Trainer:
         try:
             from visualdl import LogWriter
         except ImportError:
-            print("warning: visualdl is not installed; no VisualDL logs", file=sys.stderr)
+            logger.warning("visualdl is not installed; no VisualDL logs")
             return None
         return LogWriter(logdir=os.path.join(self.out_dir, "visualdl"))
 
@@ -431,7 +432,7 @@ class Trainer:
         if self.is_main:
             save_weights(state_arrays(self.model), final)
             save_weights(state_arrays(self.model), os.path.join(self.out_dir, "final.safetensors"))
-            print(f"final weights: {final} (official layout) and final.safetensors", flush=True)
+            logger.info("final weights: %s (official layout) and final.safetensors", final)
             if self.vdl:
                 self.vdl.close()
         dist.barrier()
@@ -485,5 +486,5 @@ def _ensure_demo_data(cfg):
         out_dir = os.path.dirname(os.path.abspath(cfg.data.train_file))
         _, generated = ensure_demo_data(out_dir, **cfg.data.demo_data)
         if generated:
-            print(f"generated the demo data set in {out_dir}", flush=True)
+            logger.info("generated the demo data set in %s", out_dir)
     dist.barrier()
