@@ -26,7 +26,7 @@ shift 2
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PYTHONPATH="$here/packages${PYTHONPATH:+:$PYTHONPATH}"
 python_bin=${PYTHON:-python}
-entry="$here/packages/ernievil2/cli/infer_launch.py"
+entry=("$here/packages/ernievil2/cli/launch.py" infer)
 if [ "$device" = "cpu" ]; then
   target=cpu
 elif [[ "$device" =~ ^[0-9]+$ ]]; then
@@ -48,4 +48,4 @@ if [ ${#launch_opts[@]} -eq 0 ]; then
   fi
   launch_opts=("${launch_opts[@]:1}")
 fi
-exec "$python_bin" -m paddle.distributed.launch "${launch_opts[@]}" "$entry" "$config" -o "device=$target" "$@"
+exec "$python_bin" -m paddle.distributed.launch "${launch_opts[@]}" "${entry[@]}" "$config" -o "device=$target" "$@"

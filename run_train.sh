@@ -28,14 +28,14 @@ if [ ! -f "$config" ]; then
   exit 2
 fi
 
-entry="$here/packages/ernievil2/cli/train_launch.py"
+entry=("$here/packages/ernievil2/cli/launch.py" train)
 if [ ${#launch_opts[@]} -eq 0 ]; then
   # No launcher options: the config decides (one rank per visible GPU, or cpu_processes CPU ranks).
   plan=$("$python_bin" -m ernievil2 launch-plan "$config" "$@") || exit $?
   mapfile -t launch_opts <<< "$plan"  # one word per line: paths with spaces survive
   if [ "${launch_opts[0]:-single}" = "single" ]; then
-    exec "$python_bin" "$entry" "$config" "$@"
+    exec "$python_bin" "${entry[@]}" "$config" "$@"
   fi
   launch_opts=("${launch_opts[@]:1}")
 fi
-exec "$python_bin" -m paddle.distributed.launch "${launch_opts[@]}" "$entry" "$config" "$@"
+exec "$python_bin" -m paddle.distributed.launch "${launch_opts[@]}" "${entry[@]}" "$config" "$@"

@@ -198,7 +198,7 @@ def test_inference_configs_check_the_towers_at_load(tmp_path):
 
 
 def test_a_training_config_mistake_is_one_line_and_exit_2(capsys):
-    from ernievil2.cli.train import train_main
+    from ernievil2.cli.train import main as train_main
     demo = os.path.join(REPO, "packages", "configs", "demo.yaml")
     code = train_main([demo, "-o", "loss.queue.enabled=true", "-o", "loss.queue.size=100"])
     err = capsys.readouterr().err

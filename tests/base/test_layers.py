@@ -25,7 +25,7 @@ LAYERS = [
     ("infer",),
     ("train", "api"),
     ("search",),
-    ("serve",),
+    ("serve", "workflow"),
     ("cli",),
 ]
 BASE_MODULES = {TOP, f"{TOP}.errors", f"{TOP}.config", f"{TOP}.fileio", f"{TOP}.runtime"}

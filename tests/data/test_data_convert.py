@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ernievil2.cli.data import convert_data_main as main
+from ernievil2.cli.convert_data import main
 from ernievil2.data.convert import convert_chinese_clip, convert_folder
 from ernievil2.data.images import decode_base64_image
 from ernievil2.data.tsv import Row, read_rows

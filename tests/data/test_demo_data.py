@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ernievil2.cli.data import build_vocab_main
+from ernievil2.cli.build_vocab import main as build_vocab_main
 from ernievil2.data import demo as demo_data
 from ernievil2.data.demo import (
     COLOURS,

@@ -92,7 +92,7 @@ def test_sigkill_of_one_rank_then_resume_gives_the_same_output(job):
     deadline = time.time() + 300
     while time.time() < deadline and not (work.is_dir() and len(list(work.glob("chunk_*.npz"))) >= 3):
         time.sleep(0.05)
-    ranks = subprocess.run(["pgrep", "-f", "infer_launch.py"], capture_output=True, text=True).stdout.split()
+    ranks = subprocess.run(["pgrep", "-f", "cli/launch.py infer"], capture_output=True, text=True).stdout.split()
     os.kill(int(ranks[-1]), signal.SIGKILL)  # one rank dies; the launcher stops the others
     proc.wait(timeout=120)
     os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None

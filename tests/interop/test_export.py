@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY_TEXT, TINY_VISION, make_tiny_model, spread
-from ernievil2.cli.weights import export_main as main
+from ernievil2.cli.export import main
 from ernievil2.errors import InferenceModelError, RuntimeSupportError
 from ernievil2.infer.options import load_infer_config
 from ernievil2.infer.predictor import PredictorEncoder

@@ -11,7 +11,7 @@ import paddle.nn.functional as F
 import pytest
 
 from conftest import REPO, TINY_TEXT, TINY_VISION, make_tiny_model, spread
-from ernievil2.cli.weights import convert_main as main
+from ernievil2.cli.convert import main
 from ernievil2.errors import CheckpointError
 from ernievil2.interop.convert import load_any_layout, read_state
 from ernievil2.interop.layouts import (

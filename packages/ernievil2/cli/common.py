@@ -100,8 +100,13 @@ def launch_options(args):
     return found
 
 
-def relaunch(entry, launch_args, argv):
-    """Replace this process by paddle.distributed.launch running `entry` (a script under cli/) with argv."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), entry)
-    command = [sys.executable, "-m", "paddle.distributed.launch", *launch_args, script, *argv]
-    os.execvp(sys.executable, command)
+def relaunch(command, launch_args, argv):
+    """Replace this process by paddle.distributed.launch running `command` on every rank (cli/launch.py)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
+    os.execvp(sys.executable, [sys.executable, "-m", "paddle.distributed.launch", *launch_args, script, command, *argv])
+
+
+def format_hits(hits):
+    """Search results (search.query.search) as lines: rank, score, id and metadata."""
+    return [f"{rank:>3}  {hit['score']:.4f}  {hit['id']}" + ("" if hit["metadata"] is None else f"  {hit['metadata']}")
+            for rank, hit in enumerate(hits, 1)]
