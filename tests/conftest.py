@@ -107,3 +107,19 @@ def tiny(tmp_path):
     return {"vocab_file": VOCAB, "init_from_params": weights, "text_model_config": str(text_json),
             "vision_model": dict(TINY_VISION), "image_size": 32, "device": "cpu", "progress": False,
             "num_workers": 0, "output_file": str(tmp_path / "out" / "emb.out")}
+
+
+@pytest.fixture
+def library_log(caplog):
+    """caplog with the package's records (INFO and up), also after a command run earlier in this process
+    stopped them from reaching the root logger (cli.common.show_library_logs)."""
+    import logging
+    package = logging.getLogger("ernievil2")
+    propagate, level = package.propagate, package.level
+    package.propagate = False  # caught once, by the handler below
+    package.setLevel(logging.INFO)
+    package.addHandler(caplog.handler)
+    yield caplog
+    package.removeHandler(caplog.handler)
+    package.propagate = propagate
+    package.setLevel(level)

@@ -15,10 +15,11 @@ PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pa
 @pytest.fixture
 def console():
     package = logging.getLogger("ernievil2")
-    handlers, level = list(package.handlers), package.level
+    handlers, level, propagate = list(package.handlers), package.level, package.propagate
     yield package
     package.handlers[:] = handlers
     package.setLevel(level)
+    package.propagate = propagate
 
 
 def test_the_command_line_shows_notes_and_warnings_on_their_streams(console, capsys):

@@ -2,7 +2,6 @@
 documented bars of fp32 (skipped without AVX512-BF16/AMX, AMX-INT8/AVX512-VNNI); a mode this CPU cannot run, or
 whose fidelity fails, is refused with a clear message; `auto` picks a passing mode; the bf16 paths see bounded input
 shapes; the OpenVINO engine keeps its compiled towers and never imports Paddle."""
-import logging
 import os
 
 import numpy as np
@@ -239,12 +238,11 @@ def test_int8_is_refused_without_the_instructions_or_calibration_data(tiny_expor
 
 
 @NEEDS_INT8
-def test_run_infer_int8_calibrates_on_its_test_file_by_default(tiny, tmp_path, monkeypatch, caplog):
+def test_run_infer_int8_calibrates_on_its_test_file_by_default(tiny, tmp_path, monkeypatch, library_log):
     pytest.importorskip("nncf", reason="NNCF is not installed (pip install -e \".[int8]\")")
     from ernievil2.infer.options import load_infer_config
     from ernievil2.infer.run import run_inference
     monkeypatch.setenv("ERNIEVIL2_CACHE", str(tmp_path / "cache"))
-    caplog.set_level(logging.INFO, logger="ernievil2")
     tsv = calibration_tsv(tmp_path / "data.tsv", rows=12)
     out = {}
     for precision in ("fp32", "int8"):
@@ -252,7 +250,7 @@ def test_run_infer_int8_calibrates_on_its_test_file_by_default(tiny, tmp_path, m
                   "output_file": str(tmp_path / precision / "emb.out")}
         run_inference(load_infer_config(None, list(values.items())))
         out[precision] = np.load(str(tmp_path / precision / "emb.npz"))
-    assert any(f"calibrated on 12 texts and 8 images of {tsv}" in m for m in caplog.messages)
+    assert any(f"calibrated on 12 texts and 8 images of {tsv}" in m for m in library_log.messages)
     for key in ("text", "image"):
         cos = (out["int8"][key].astype(np.float64) * out["fp32"][key]).sum(1)
         assert len(cos) == 12 and cos.min() >= fidelity.FIDELITY_BAR["int8"], key

@@ -1,6 +1,5 @@
 """Official <-> PaddleNLP weight conversion: lossless round trips, PaddleNLP's own ErnieViLModel reproducing our
 embeddings (both directions), layout detection, refusals that name keys, safetensors, the pickle notice."""
-import logging
 import os
 import subprocess
 import sys
@@ -231,7 +230,7 @@ def test_unknown_and_mixed_layouts_are_refused_with_the_source_named():
         convert_state(state, "onnx")
 
 
-def test_keys_without_counterpart_are_named_never_silently_dropped(caplog):
+def test_keys_without_counterpart_are_named_never_silently_dropped(library_log):
     source = paddlenlp_state(paddlenlp_model())
     extra = {**source, PADDLENLP_ONLY[0]: np.zeros((2, 32), np.float32)}
     with pytest.raises(CheckpointError) as err:
@@ -240,7 +239,7 @@ def test_keys_without_counterpart_are_named_never_silently_dropped(caplog):
     assert "ft.pdparams" in msg and PADDLENLP_ONLY[0] in msg and "PaddleNLP-only" in msg
     assert "--drop-unknown" in msg
     converted = to_official(extra, drop_unknown=True, source="ft.pdparams")
-    assert any(PADDLENLP_ONLY[0] in m for m in caplog.messages)  # a warning lists what was dropped on request
+    assert any(PADDLENLP_ONLY[0] in m for m in library_log.messages)  # a warning lists what was dropped on request
     assert set(converted) == set(state_arrays(make_tiny_model()))
     state = state_arrays(make_tiny_model())
     state["visual.head.weight"] = np.zeros((2, 2), np.float32)
@@ -267,8 +266,7 @@ def test_broken_qkv_and_embedding_shapes_are_refused():
 # ---------------------------------------------------------------- files: loading either layout, CLI, notice
 
 @pytest.mark.parametrize("ext", [".pdparams", ".safetensors"])
-def test_loading_a_paddlenlp_layout_file_converts_on_the_fly(tmp_path, ext, caplog):
-    caplog.set_level(logging.INFO, logger="ernievil2")
+def test_loading_a_paddlenlp_layout_file_converts_on_the_fly(tmp_path, ext, library_log):
     model = make_tiny_model(seed=2)
     path = save_weights(to_paddlenlp(state_arrays(model)), str(tmp_path / f"pnlp{ext}"))
     assert detect_layout(read_raw_state(path)) == "paddlenlp"
@@ -277,7 +275,7 @@ def test_loading_a_paddlenlp_layout_file_converts_on_the_fly(tmp_path, ext, capl
     assert load_any_layout(other, path).ok
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(other.state_dict()[name].numpy(), value.numpy(), err_msg=name)
-    assert any("PaddleNLP ErnieViLModel layout" in m for m in caplog.messages)
+    assert any("PaddleNLP ErnieViLModel layout" in m for m in library_log.messages)
 
 
 def test_convert_cli_round_trip_and_safetensors(tmp_path, capsys):
@@ -329,16 +327,15 @@ def test_python_dash_m_entry_points(tmp_path):
                      str(tmp_path / "o.pdparams")]) == 0
 
 
-def test_pickle_notice_is_logged_once_and_only_for_pdparams(tmp_path, caplog, monkeypatch):
+def test_pickle_notice_is_logged_once_and_only_for_pdparams(tmp_path, library_log, monkeypatch):
     monkeypatch.setattr(checkpoint, "_pickle_notice_shown", False)
-    caplog.set_level(logging.INFO, logger="ernievil2")
     model = make_tiny_model()
     safe = save_weights(model, str(tmp_path / "w.safetensors"))
     read_state(safe)
-    assert not any("pickle" in m for m in caplog.messages)
+    assert not any("pickle" in m for m in library_log.messages)
     pd = save_weights(model, str(tmp_path / "w.pdparams"))
     read_state(pd)
     read_state(pd)
     load_weights(make_tiny_model(), pd)
-    assert caplog.messages.count(checkpoint.PICKLE_NOTICE) == 1
+    assert library_log.messages.count(checkpoint.PICKLE_NOTICE) == 1
     assert "python -m ernievil2 convert --to safetensors" in checkpoint.PICKLE_NOTICE

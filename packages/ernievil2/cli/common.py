@@ -67,6 +67,7 @@ def show_library_logs():
     if not any(isinstance(h, _ConsoleHandler) for h in package.handlers):
         package.addHandler(_ConsoleHandler())
         package.setLevel(logging.INFO)
+        package.propagate = False  # Paddle's import gives the root logger a stderr handler: not twice
 
 
 def guarded(run, prog=None, bad_row_hint="", bad_row_exit=None):
