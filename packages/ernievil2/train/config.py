@@ -17,6 +17,9 @@ TRAIN_SCHEMA = {
     "cpu_threads": Field(0, doc="math threads per rank on the CPU; 0: the cores divided among local ranks"),
     "cpu_processes": Field(1, doc="CPU only, when run_train.sh gets no launcher options: data-parallel processes "
                                   "on this machine (small models train faster as several single-threaded ranks)"),
+    "dtype": Field("float32", choices=("float32", "float64"),
+                   doc="float64: weights, activations, losses and optimizer state in double precision (no AMP); "
+                       "slower, for exactness checks whose result must not depend on the CPU's summation order"),
     "data": {
         "train_file": Field(REQUIRED, type=(str, list)),
         "dev_file": Field(None, type=str),
@@ -106,6 +109,8 @@ def load_train_config(path, overrides=()):
             if key not in allowed:
                 raise ConfigError(f"{src}: unknown key 'data.augment.{key}'; expected some of "
                                   f"{', '.join(sorted(allowed))}")
+    if cfg.dtype == "float64" and cfg.amp.mode != "off":
+        raise ConfigError(f"{src}: 'amp.mode' must be off with dtype float64, got {cfg.amp.mode}")
     if cfg.resume not in (None, "auto") and not os.path.isdir(cfg.resume):
         raise ConfigError(f"{src}: 'resume' must be auto or a checkpoint directory; {cfg.resume} does not exist")
     return cfg

@@ -81,6 +81,8 @@ class Trainer:
         if self.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
         self.tokenizer = ErnieTokenizer.from_file(self.cfg.vocab_file)
+        # dtype float64: parameters, queue buffers and optimizer state are created in the default dtype
+        paddle.set_default_dtype(self.cfg.dtype)
         self._build_model()
         self.data_index = self._index_training_data()
         self.global_batch = self.cfg.data.batch_size * self.world
