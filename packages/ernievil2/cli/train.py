@@ -58,8 +58,9 @@ def embed_and_evaluate_test(trainer):
     if code:
         return code
     embeddings = os.path.join(trainer.out_dir, "test_embeddings.out")
-    print(f"python eval_retri.py {embeddings}", flush=True)
-    code = eval_cli.main([embeddings])
+    folds = ["--folds", str(trainer.cfg.data.test_folds)] if trainer.cfg.data.test_folds > 1 else []
+    print(f"python eval_retri.py {' '.join([embeddings, *folds])}", flush=True)
+    code = eval_cli.main([embeddings, *folds])
     zeroshot = trainer.cfg.zeroshot
     if not code and zeroshot.images and zeroshot.labels:
         predictions = os.path.join(trainer.out_dir, "zeroshot_predictions.jsonl")
