@@ -302,6 +302,8 @@ class Trainer:
                     self._log(record, progress)
                 elif cfg.schedule.eval_every and self.step % cfg.schedule.eval_every == 0:
                     self._log({"step": self.step, "dev": self.evaluate()}, progress)
+                if cfg.schedule.eval_every and self.step % cfg.schedule.eval_every == 0:
+                    dist.barrier()  # while rank 0 evaluates, the others wait here, not in a collective
                 if cfg.schedule.save_every and self.step % cfg.schedule.save_every == 0:
                     self.save_checkpoint()
                 _crash_if_asked(self.step)
