@@ -50,6 +50,10 @@ class EmbeddingFileError(InputError):
     """An embedding file the evaluator or the index cannot use; the message names the file and line."""
 
 
+class GalleryChangedError(InputError):
+    """The gallery an index shows its images from was edited after the index was built (sync or rebuild it)."""
+
+
 class ConvertError(InputError):
     """Data conversion input that cannot be used."""
 
