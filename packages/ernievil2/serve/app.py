@@ -44,8 +44,10 @@ def create_app(model, index_dir, settings=None):
 
     app = FastAPI(title="ERNIE-ViL 2.0 search", docs_url="/docs", lifespan=lifespan)
     app.state.service = service
-    for router in (search_router(service), admin_router(service, metrics), embeddings_router(service)):
+    routers = [search_router(service), admin_router(service, metrics), embeddings_router(service)]
+    for router in routers:
         app.include_router(router)
+    paths = frozenset(route.path for router in routers for route in router.routes)
 
     @app.exception_handler(ServiceError)
     async def service_error(request, exc):
@@ -63,7 +65,7 @@ def create_app(model, index_dir, settings=None):
 
     app.add_middleware(GuardMiddleware, bound_host=settings.host, allow_hosts=settings.allow_hosts,
                        max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=lambda: {r.path for r in app.routes})
+    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)
     return app
 
 

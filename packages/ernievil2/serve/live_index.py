@@ -73,6 +73,7 @@ class LiveIndex:
                     self.reload()
                 except (Error, OSError, ValueError) as e:
                     logger.warning("index reload skipped, still serving the loaded index: %s", e)
+        self._stop.clear()
         self._thread = threading.Thread(target=loop, name="ernievil2-index-poll", daemon=True)
         self._thread.start()
 

@@ -57,7 +57,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, watched_send)
         finally:
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or (scope["path"] if scope["path"] in self.paths() else "other")
+            endpoint = getattr(route, "path", None) or (scope["path"] if scope["path"] in self.paths else "other")
             code = str(status[0])
             self.metrics.requests.labels(endpoint, scope["method"], code).inc()
             if status[0] >= 400:

@@ -33,7 +33,7 @@ class WorkerPool:
                              f"{queue_size}, {timeout}")
         self.name, self.workers, self.timeout = name, workers, timeout
         self.capacity = workers + queue_size
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"ernievil2-{name}")
+        self._executor = None  # started on first use, again after a shutdown (an app served twice)
         self._admitted = 0
         self._lock = threading.Lock()
         self._seconds_per_call = 0.1  # a running average, for Retry-After
@@ -49,7 +49,10 @@ class WorkerPool:
             if self._admitted >= self.capacity:
                 raise Busy(max(1, math.ceil(self._admitted * self._seconds_per_call / self.workers)))
             self._admitted += 1
-        future = self._executor.submit(self._timed, fn, *args)
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=f"ernievil2-{self.name}")
+            executor = self._executor
+        future = executor.submit(self._timed, fn, *args)
         future.add_done_callback(self._release)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
@@ -70,4 +73,7 @@ class WorkerPool:
             self._admitted -= 1
 
     def shutdown(self):
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
