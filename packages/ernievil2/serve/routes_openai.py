@@ -11,7 +11,6 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from ..data.images import decode_base64, decode_image
-from ..errors import InputError
 from .service import ServiceError
 
 DEFAULT_MODEL_NAME = "ernie-vil-2.0"
@@ -95,7 +94,7 @@ def embed_inputs(service, items):
             try:
                 images[i] = decode_image(decode_base64(payload), max_pixels=model.max_image_pixels)
             except ValueError as e:
-                raise InputError(f"input[{i}]: not a usable image: {e}") from None
+                raise ServiceError(400, f"input[{i}]: not a usable image: {e}", param="input") from None
     texts = {i: payload for i, (kind, payload) in enumerate(items) if kind == "text"}
     out = np.empty((len(items), model.embed_dim), np.float32)
     with service.model_lock:
