@@ -65,6 +65,11 @@ def tiny_setup(workdir, vocab, images):
     return config, os.path.join(workdir, "index"), photos
 
 
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -184,7 +189,7 @@ def main():
         else:
             config, index_dir, photos = tiny_setup(workdir, args.vocab, args.images)
         names = sorted(os.listdir(photos))[:20] if photos else []
-        uploads = [open(os.path.join(photos, n), "rb").read() for n in names]
+        uploads = [read_bytes(os.path.join(photos, n)) for n in names]
         if not uploads:
             args.upload_share = 0.0
         proc, url = start_server(config, index_dir, args.overrides, args)

@@ -6,7 +6,6 @@ import socket
 import time
 
 import pytest
-
 from serve_testkit import index_folder, running, tiny_model, write_photos
 
 pytest.importorskip("faiss", reason="faiss-cpu is not installed")

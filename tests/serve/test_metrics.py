@@ -1,7 +1,6 @@
 """GET /metrics is Prometheus text (parsed here with prometheus-client's own parser): requests and errors by
 endpoint template and status, latency histograms per endpoint, the pools' queue depth, the index size."""
 import pytest
-
 from serve_testkit import index_folder, tiny_model, write_photos
 
 pytest.importorskip("faiss", reason="faiss-cpu is not installed")

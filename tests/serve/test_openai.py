@@ -7,7 +7,6 @@ import base64
 import cv2
 import numpy as np
 import pytest
-
 from serve_testkit import index_folder, running, tiny_model, write_photos
 
 pytest.importorskip("faiss", reason="faiss-cpu is not installed")

@@ -6,7 +6,6 @@ import time
 
 import httpx
 import pytest
-
 from serve_testkit import index_folder, running, tiny_model, write_photos
 
 pytest.importorskip("faiss", reason="faiss-cpu is not installed")

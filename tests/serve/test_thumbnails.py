@@ -7,7 +7,6 @@ import os
 import cv2
 import numpy as np
 import pytest
-
 from serve_testkit import index_folder, tiny_model
 
 pytest.importorskip("faiss", reason="faiss-cpu is not installed")
@@ -37,7 +36,7 @@ def shape_of(response):
 
 
 def test_thumbnails_are_bounded_cached_and_redrawn_when_the_file_changes(model, tmp_path, monkeypatch):
-    import ernievil2.serve.thumbnails as thumbnails
+    from ernievil2.serve import thumbnails
     photos = tmp_path / "photos"
     photos.mkdir()
     cv2.imwrite(str(photos / "wide.png"), picture(0, 300, 900))

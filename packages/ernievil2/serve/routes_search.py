@@ -3,6 +3,7 @@ thumbnail), `GET /healthz` and the web page at `/`.  Decoding and the model run 
 uses one snapshot of the live index from start to end."""
 import os
 import time
+from typing import Annotated
 
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import HTMLResponse, Response
@@ -47,7 +48,7 @@ def search_router(service):
         return await service.run(timed_search, snapshot, k, text)
 
     @router.post("/search")
-    async def search_image(image: UploadFile = File(...), k: int = 10):
+    async def search_image(image: Annotated[UploadFile, File()], k: int = 10):
         limit = service.settings.max_upload_bytes
         data = await image.read(limit + 1)
         if len(data) > limit:
@@ -66,7 +67,7 @@ def search_router(service):
         return await service.run(decode_and_search)
 
     @router.get("/image")
-    async def thumbnail(id: str, size: int = Query(DEFAULT_SIDE, ge=1, le=MAX_SIDE)):  # noqa: A002 - public name
+    async def thumbnail(id: str, size: int = Query(DEFAULT_SIDE, ge=1, le=MAX_SIDE)):
         gallery = service.live.current.gallery
         if gallery is None:
             raise ServiceError(404, "this index has no gallery to show images from (build it with --gallery)")
@@ -84,9 +85,11 @@ def search_router(service):
             raise ServiceError(404, f"no image {id!r} in this gallery")
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
+    with open(PAGE, encoding="utf-8") as f:
+        page_html = f.read()
+
     @router.get("/", response_class=HTMLResponse)
     async def page():
-        with open(PAGE, encoding="utf-8") as f:
-            return f.read()
+        return page_html
 
     return router

@@ -56,7 +56,7 @@ class WorkerPool:
         future.add_done_callback(self._release)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             future.cancel()  # frees the place at once if the call has not started yet
             raise TimedOut(f"no answer within {self.timeout:g} s") from None
 
