@@ -80,8 +80,8 @@ def decode_image(data, max_pixels=DEFAULT_MAX_PIXELS):
 def _reason(exc):
     """A decoder exception in a line, without OpenCV's source path (messages reach the service's clients)."""
     if isinstance(exc, cv2.error) and getattr(exc, "err", None):
-        return f"OpenCV error: {exc.err} (in {exc.func})"
-    return f"{type(exc).__name__}: {exc}"
+        return "OpenCV error: " + " ".join(exc.err.replace(">", " ").split())
+    return f"{type(exc).__name__}: " + re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", str(exc))
 
 
 def _check_decoded(rgb, kind, declared):
@@ -119,12 +119,15 @@ def _decode_pillow(data, pillow_format, declared, max_pixels):
     with Image.open(io.BytesIO(data), formats=[pillow_format]) as image:
         # Opening reads the header and, for a GIF, the first frame's descriptor; no pixel is allocated yet.
         # What Pillow is about to allocate is checked here, before load().
+        # Pillow's own limit stands in when there is no limit of ours (its warning counts as an error, even
+        # where something reset the warning filters).
+        limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
         extents = [tuple(image.size)] + [(tile[1][2], tile[1][3]) for tile in image.tile]
         for width, height in extents:
             if declared is not None and (width > declared[0] or height > declared[1]):
                 raise BadImageError(f"cannot decode image: Pillow would decode this {pillow_format} file to "
                                     f"{width} x {height} but its header declares {declared[0]} x {declared[1]}")
-            _check_pixels(width, height, max_pixels)
+            _check_pixels(width, height, limit)
         image.load()
         if image.mode.startswith("I;16"):  # 16-bit grayscale (JPEG 2000): scaled to 8 bits as OpenCV does
             gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
