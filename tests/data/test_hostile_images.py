@@ -314,9 +314,16 @@ def test_opencv_gets_its_pixel_limit_before_any_module_imports_cv2():
             print("no limit")
         except cv2.error as e:
             print("limit" if "CV_IO_MAX_IMAGE_PIXELS" in str(e) else "other error")
+        from ernievil2.data.images import decode_image
+        try:
+            decode_image(png, max_pixels=10**9)  # our limit allows it; OpenCV's refuses, and says how to raise it
+        except ValueError as e:
+            print(type(e).__name__, e)
     """, env_drop=("OPENCV_IO_MAX_IMAGE_PIXELS",))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == [str(DEFAULT_MAX_PIXELS), "limit"]
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == [str(DEFAULT_MAX_PIXELS), "limit"]
+    assert lines[2].startswith("BadImageError") and "OPENCV_IO_MAX_IMAGE_PIXELS=89478485" in lines[2], lines
 
 
 def test_a_pixel_limit_the_user_set_for_opencv_is_kept():

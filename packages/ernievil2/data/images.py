@@ -12,6 +12,7 @@ readers count as a bad row and the service answers with a 4xx."""
 import base64
 import binascii
 import io
+import os
 import re
 import warnings
 
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import BadImageError
-from ..runtime import DEFAULT_MAX_IMAGE_PIXELS
+from ..runtime import DEFAULT_MAX_IMAGE_PIXELS, OPENCV_PIXEL_LIMIT_VAR
 from .image_headers import ACCEPTED, sniff
 
 DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
@@ -80,6 +81,9 @@ def decode_image(data, max_pixels=DEFAULT_MAX_PIXELS):
 def _reason(exc):
     """A decoder exception in a line, without OpenCV's source path (messages reach the service's clients)."""
     if isinstance(exc, cv2.error) and getattr(exc, "err", None):
+        if "CV_IO_MAX_IMAGE_PIXELS" in exc.err:
+            return (f"over OpenCV's own pixel limit, OPENCV_IO_MAX_IMAGE_PIXELS={os.environ.get(OPENCV_PIXEL_LIMIT_VAR)}"
+                    f" (set it higher in the environment to decode larger images)")
         return "OpenCV error: " + " ".join(exc.err.replace(">", " ").split())
     return f"{type(exc).__name__}: " + re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", str(exc))
 
