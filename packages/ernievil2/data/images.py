@@ -103,7 +103,7 @@ def _decode_opencv(data):
     if bgr is None:
         raise BadImageError(f"cannot decode image: {len(data)} bytes starting {data[:8]!r} are not an image "
                             f"format OpenCV can read (or the file is truncated/corrupt)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: one image-sized buffer at the peak, not two
 
 
 def _pillow():
@@ -133,8 +133,15 @@ def _decode_pillow(data, pillow_format, declared, max_pixels):
                                     f"{width} x {height} but its header declares {declared[0]} x {declared[1]}")
             _check_pixels(width, height, limit)
         image.load()
+        if image.mode == "P":  # through the palette: what convert("RGB") gives, without its 4-byte pixels
+            palette = np.zeros((256, 3), np.uint8)
+            colours = np.frombuffer(bytes(image.getpalette("RGB") or ()), np.uint8).reshape(-1, 3)[:256]
+            palette[:len(colours)] = colours
+            return palette[np.asarray(image)]
+        if image.mode == "L":
+            return np.repeat(np.asarray(image)[:, :, None], 3, axis=2)
         if image.mode.startswith("I;16"):  # 16-bit grayscale (JPEG 2000): scaled to 8 bits as OpenCV does
-            gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+            gray = (np.asarray(image) >> 8).astype(np.uint8)
             return np.repeat(gray[:, :, None], 3, axis=2)
         return np.asarray(image.convert("RGB"))
 
