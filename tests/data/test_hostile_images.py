@@ -331,3 +331,14 @@ def test_a_pixel_limit_the_user_set_for_opencv_is_kept():
     assert limit_image_decoders({"OPENCV_IO_MAX_IMAGE_PIXELS": "500000000"}) == "500000000"
     environ = {}
     assert limit_image_decoders(environ) == str(DEFAULT_MAX_PIXELS) == environ["OPENCV_IO_MAX_IMAGE_PIXELS"]
+
+
+def test_a_jpeg_turned_by_its_exif_orientation_is_not_taken_for_a_disagreement():
+    """OpenCV applies EXIF orientation 6 (turn 90 degrees): the decoded 37 x 53 of a 53 x 37 header is fine."""
+    rgb = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack("<I", 0)
+    exif = b"Exif\0\0" + b"II*\0" + struct.pack("<I", 8) + ifd
+    turned = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", 2 + len(exif)) + exif + jpeg[2:]
+    assert header_size(turned) == (53, 37)
+    assert decode_image(turned).shape == (53, 37, 3)
