@@ -34,6 +34,11 @@ class BadRowError(InputError):
         self.bad = bad
 
 
+class BadImageError(InputError):
+    """Image bytes that cannot be decoded (any decoder failure) or would decode to more pixels than allowed: a
+    counted bad row where rows are read, a 4xx from the service."""
+
+
 class VocabError(InputError):
     """A vocabulary file that cannot be used; the message names the file and, where known, the line."""
 
