@@ -14,9 +14,9 @@ if PADDLE_DIST not in ("paddlepaddle", "paddlepaddle-gpu"):
     raise SystemExit(f"ERNIEVIL2_PADDLE must be paddlepaddle or paddlepaddle-gpu, got {PADDLE_DIST!r}")
 
 
-# Optional: `pip install -e ".[search]"` (faiss index, HTTP service), `".[milvus]"` (Milvus and Milvus Lite).
-# Both install beside the core pins (pip check is clean); the tests use them, so the test extra includes them.
-SEARCH = ["faiss-cpu>=1.8", "fastapi>=0.100", "uvicorn>=0.20", "python-multipart>=0.0.9", "httpx>=0.24"]
+# Search (faiss) and the service (FastAPI) are in the core requirements.  Optional: `pip install -e ".[milvus]"`
+# (Milvus and Milvus Lite), `.[openvino]`, `.[int8]`; they install beside the core pins (pip check is clean), and
+# the tests use them, so the test extra includes them.
 MILVUS = ["pymilvus>=2.4.2", "milvus-lite>=2.4.0"]
 OPENVINO = ["openvino>=2024.0"]  # engine openvino: precision bf16 on AMX / AVX512-BF16 CPUs (README)
 INT8 = [*OPENVINO, "nncf>=2.14"]  # precision int8: post-training quantisation for OpenVINO
@@ -45,6 +45,7 @@ setup(
     packages=find_packages("packages"),
     package_data={"ernievil2.serve": ["page.html"]},
     install_requires=read_requirements(),
-    extras_require={"search": SEARCH, "milvus": MILVUS, "openvino": OPENVINO, "int8": INT8,
-                    "test": ["pytest>=7", "selenium>=4.10", *SEARCH, *MILVUS, *INT8]},
+    # "search" is kept (empty) so that existing `pip install -e ".[search]"` commands still work.
+    extras_require={"search": [], "milvus": MILVUS, "openvino": OPENVINO, "int8": INT8,
+                    "test": ["pytest>=7", "selenium>=4.10", *MILVUS, *INT8]},
 )

@@ -34,6 +34,11 @@ class BadRowError(InputError):
         self.bad = bad
 
 
+class BadImageError(InputError):
+    """Image bytes that cannot be decoded (any decoder failure) or would decode to more pixels than allowed: a
+    counted bad row where rows are read, a 4xx from the service."""
+
+
 class VocabError(InputError):
     """A vocabulary file that cannot be used; the message names the file and, where known, the line."""
 
@@ -48,6 +53,10 @@ class InferenceModelError(InputError):
 
 class EmbeddingFileError(InputError):
     """An embedding file the evaluator or the index cannot use; the message names the file and line."""
+
+
+class GalleryChangedError(InputError):
+    """The gallery an index shows its images from was edited after the index was built (sync or rebuild it)."""
 
 
 class ConvertError(InputError):

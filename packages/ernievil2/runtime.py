@@ -78,6 +78,20 @@ def tune_math_libraries(environ=None, cpuinfo_path=CPUINFO):
     return value
 
 
+# The largest image decoded by default: PIL's decompression-bomb limit (1024 * 1024 * 1024 // 4 // 3, about
+# 89.5 MP).  `data.images` checks each image's header against the configured limit before decoding.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+OPENCV_PIXEL_LIMIT_VAR = "OPENCV_IO_MAX_IMAGE_PIXELS"
+
+
+def limit_image_decoders(environ=None):
+    """Give OpenCV's decoders a pixel limit of their own (unless the user set one): the second line of defence
+    for files whose header and decoder disagree.  OpenCV reads it once, when cv2 is imported, so this runs in
+    the package's `__init__`, before any module can import cv2.  Returns the value in force."""
+    environ = os.environ if environ is None else environ
+    return environ.setdefault(OPENCV_PIXEL_LIMIT_VAR, str(DEFAULT_MAX_IMAGE_PIXELS))
+
+
 def gpu_count():
     """Visible GPUs of this Paddle build (0 for a CPU build or a broken CUDA setup)."""
     try:

@@ -386,6 +386,20 @@ def test_gif_decodes_its_first_frame():
         decode_image(data[:30])
 
 
+@pytest.mark.parametrize("colours, transparency", [(2, None), (16, 0), (256, 7)])
+def test_gif_pixels_equal_pillows_rgb_conversion(colours, transparency):
+    """The palette lookup that replaced convert("RGB") (a 4-byte-per-pixel copy) gives the same pixels,
+    transparent index included (its palette colour: no compositing, as for PNG alpha)."""
+    from PIL import Image
+    rng = np.random.default_rng(colours)
+    frame = Image.fromarray(rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)).quantize(colours)
+    buffer = io.BytesIO()
+    frame.save(buffer, format="GIF", **({} if transparency is None else {"transparency": transparency}))
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:
+        expected = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(decode_image(buffer.getvalue()), expected)
+
+
 def test_unrecognised_and_refused_formats_name_the_accepted_ones():
     with pytest.raises(ValueError, match="not an image format accepted here .*PNG, JPEG, GIF"):
         decode_image(b"\x76\x2f\x31\x01" + b"\x00" * 64)  # OpenEXR: OpenCV disables it by default

@@ -526,3 +526,36 @@ def test_cli_subprocess_is_light_and_reports_errors(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("eval_retri.py: error: ") and done.stderr.count("\n") == 1
+
+
+def test_folds_average_each_part_ranked_on_its_own(capsys, tmp_path):
+    """--folds N: each N-th of the gallery (order of first appearance) with its own captions is ranked alone,
+    and the fractions are averaged -- checked against the brute-force protocol run on each part by hand."""
+    rng = np.random.default_rng(11)
+    n_images, folds = 12, 3
+    image = unit(rng.standard_normal((n_images, 8)))
+    owner = np.concatenate([np.full(c, j) for j, c in enumerate([2, 1, 3, 2, 1, 2, 3, 1, 2, 2, 1, 3])])
+    text = unit(image[owner] + 1.2 * rng.standard_normal((len(owner), 8)) / np.sqrt(8))
+    ids = [f"im{j}" for j in owner]
+    got = ev.retrieval_metrics(text, image[owner], ids, ks=(1, 2), folds=folds)
+    parts = []
+    for f in range(folds):
+        rows = [i for i, j in enumerate(owner) if f * 4 <= j < (f + 1) * 4]
+        parts.append(ev.retrieval_metrics(text[rows], image[owner][rows], [ids[i] for i in rows], ks=(1, 2),
+                                          block_size=2))
+        assert parts[-1] == brute_force(text[rows], image[owner][rows], [ids[i] for i in rows], ks=(1, 2))
+    for direction in ("text2image", "image2text"):
+        for key in ("R@1", "R@2"):
+            # per-part values are rounded to 2 places; their mean is within 0.005 of the unrounded mean
+            mean = sum(p[direction][key] for p in parts) / folds
+            assert abs(got[direction][key] - mean) <= 0.005 + 1e-9, (direction, key)
+    assert got["counts"] == {"text_queries": len(owner), "image_queries": n_images, "folds": folds}
+    # on the whole gallery the task is harder: some query must rank lower than within its part
+    whole = ev.retrieval_metrics(text, image[owner], ids, ks=(1, 2))
+    assert whole["text2image"]["R@1"] <= got["text2image"]["R@1"]
+    with pytest.raises(ValueError, match="folds must be a positive divisor of the 12"):
+        ev.retrieval_metrics(text, image[owner], ids, folds=5)
+    path = tmp_path / "emb.out"
+    write_text(path, text, image[owner], ids)
+    code, out, err = run_cli(capsys, path, "--folds", "5")
+    assert code == 2 and "folds must be a positive divisor" in err

@@ -21,6 +21,7 @@ def service(tmp_path_factory):
     from ernievil2.infer.engines import EagerEncoder
     from ernievil2.search.index import SearchIndex, build_index
     from ernievil2.serve.app import create_app
+    from ernievil2.serve.service import ServeSettings
     need_shared(VOCAB)
     root = tmp_path_factory.mktemp("svc")
     photos = root / "photos"
@@ -38,15 +39,16 @@ def service(tmp_path_factory):
     writer.finish(extra={"provenance": np.array(json.dumps({"kind": "images", "source": str(photos)}))})
     build_index(str(root / "g.npz"), root / "index", log=lambda _: None)
     index = SearchIndex(str(root / "index"))
-    app = create_app(model, index, index.gallery_reader(), max_upload_bytes=50_000)
-    return TestClient(app), model, index, photos
+    app = create_app(model, str(root / "index"), ServeSettings(max_upload_bytes=50_000, reload_seconds=0))
+    return TestClient(app, base_url="http://localhost"), model, index, photos
 
 
 def test_health_page_and_text_search_equal_the_library(service):
     from ernievil2.search.query import search
     client, model, index, _ = service
     health = client.get("/healthz").json()
-    assert health == {"status": "ok", "count": 5, "dim": 32, "kind": "flat", "backend": "faiss", "thumbnails": True}
+    assert health == {"status": "ok", "count": 5, "dim": 32, "kind": "flat", "backend": "faiss", "version": None,
+                      "thumbnails": True, "queue": 0}
     response = client.get("/search", params={"text": "红色的汽车停在路边", "k": 3})
     assert response.status_code == 200
     assert response.json()["results"] == search(model, index, text="红色的汽车停在路边", k=3)

@@ -56,9 +56,9 @@ class Towers(paddle.nn.Layer):
         self.image = paddle.nn.Linear(IN_DIM, EMBED_DIM)
         self.text = paddle.nn.Linear(IN_DIM, EMBED_DIM)
         for p in self.parameters():
-            p.set_value(rng.standard_normal(p.shape).astype("float32"))
+            p.set_value(rng.standard_normal(p.shape))
         self.temperature = self.create_parameter(
-            [1], dtype="float32", default_initializer=paddle.nn.initializer.Constant(TEMPERATURE_INIT))
+            [1], dtype="float64", default_initializer=paddle.nn.initializer.Constant(TEMPERATURE_INIT))
 
     def forward(self, xs):
         # The temperature leaves forward through an op (clone): Paddle 3.3's DataParallel reducer fails
@@ -71,10 +71,21 @@ class Towers(paddle.nn.Layer):
 def batches():
     """The same global data for every run: STEPS x views x [GLOBAL_BATCH, IN_DIM]."""
     rng = np.random.default_rng(1234)
-    return rng.standard_normal((STEPS, len(VIEWS), GLOBAL_BATCH, IN_DIM)).astype("float32")
+    return rng.standard_normal((STEPS, len(VIEWS), GLOBAL_BATCH, IN_DIM))
 
 
 def run_case(negatives, queue, masked=False):
+    """One case in float64 (towers, loss, queue), so that 2 ranks and 1 process agree far beyond the rounding
+    of any CPU's summation order (see test_two_ranks_match_one_process)."""
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype("float64")
+    try:
+        return _run_case(negatives, queue, masked)
+    finally:
+        paddle.set_default_dtype(previous)
+
+
+def _run_case(negatives, queue, masked):
     world, rank = edist.get_world_size(), edist.get_rank()
     b = GLOBAL_BATCH // world
     towers = Towers(np.random.default_rng(99))

@@ -1,71 +1,149 @@
-"""Image decoding: encoded bytes (or base64) -> uint8 HWC RGB, with the pixel limit checked before decoding."""
+"""Image decoding: encoded bytes (or base64) -> uint8 HWC RGB.  `decode_image` is the one place the package
+decodes images.  Three lines of defence keep a hostile file from costing more than the pixel limit:
+
+1. the size every header statement allows (`image_headers`) is checked against the limit before decoding;
+2. the decoders' own limits: OpenCV's (set from the environment before cv2 is imported, see
+   `runtime.limit_image_decoders`) and Pillow's (its decompression-bomb warning is an error), plus, for Pillow,
+   the size it is about to allocate, checked before any pixel is decoded;
+3. a decoded image larger than its header promised is refused.
+
+Every decoder failure -- whatever the library raises -- becomes a `BadImageError` (a ValueError), which the
+readers count as a bad row and the service answers with a 4xx."""
 import base64
 import binascii
 import io
+import os
 import re
+import warnings
 
 import cv2
 import numpy as np
 
+from ..errors import BadImageError
+from ..runtime import DEFAULT_MAX_IMAGE_PIXELS, OPENCV_PIXEL_LIMIT_VAR
 from .image_headers import ACCEPTED, sniff
 
-# Same default as PIL's decompression-bomb limit (about 89.5 MP, i.e. 1024 * 1024 * 1024 // 4 // 3).
-DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
+
+# Formats decoded by Pillow rather than OpenCV: GIF (this OpenCV cannot read it) and JPEG 2000 (OpenCV 4.10's
+# OpenJPEG reader crashes the process on truncated files and on files whose header box and codestream disagree;
+# Pillow raises an error instead and gives the same pixels for well-formed files).
+_PILLOW_FORMATS = {"GIF": "GIF", "JPEG 2000": "JPEG2000"}
 
 
 def _check_pixels(width, height, max_pixels):
     if max_pixels is not None and width * height > max_pixels:
-        raise ValueError(f"image is {width} x {height} = {width * height} pixels, over the limit of {max_pixels}")
+        raise BadImageError(f"image is {width} x {height} = {width * height} pixels, over the limit of {max_pixels}")
 
 
 def decode_image(data, max_pixels=DEFAULT_MAX_PIXELS):
     """Encoded image bytes -> uint8 HWC RGB, always 3 channels (as cv2.IMREAD_COLOR gives them).
 
     Grayscale is replicated to 3 channels and an alpha channel is dropped, exactly like the official
-    reader's cv2 call; GIF (which this OpenCV cannot read) decodes its first frame through Pillow.
-    ``max_pixels`` (None disables it) is checked on the header before decoding, and on the decoded size.
+    reader's cv2 call; GIF decodes its first frame.  ``max_pixels`` (None disables it) is checked on the header
+    before decoding.  OpenCV's own limit stays at OPENCV_IO_MAX_IMAGE_PIXELS (the default limit unless set in
+    the environment) and Pillow's at the largest limit asked for so far.  Raises BadImageError.
     """
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
     if not isinstance(data, bytes):
         raise TypeError(f"image data must be bytes, not {type(data).__name__}")
     if not data:
-        raise ValueError("cannot decode image: no data (0 bytes)")
+        raise BadImageError("cannot decode image: no data (0 bytes)")
     kind, declared = sniff(data)
     if kind is None or kind == "OpenEXR":
-        raise ValueError(f"cannot decode image: {len(data)} bytes starting {data[:8]!r} are not an image format "
-                         f"accepted here ({ACCEPTED})")
+        raise BadImageError(f"cannot decode image: {len(data)} bytes starting {data[:8]!r} are not an image "
+                            f"format accepted here ({ACCEPTED})")
     if declared is not None:
         _check_pixels(*declared, max_pixels)
     elif max_pixels is not None:  # the size cannot be known without decoding: refuse rather than risk it
-        raise ValueError(f"cannot decode image: its {kind} header is truncated or corrupt (not an image format "
-                         f"this reader can size)")
-    rgb = _decode_gif(data) if kind == "GIF" else _decode_opencv(data)
-    _check_pixels(rgb.shape[1], rgb.shape[0], max_pixels)
+        raise BadImageError(f"cannot decode image: its {kind} header is truncated or corrupt (not an image format "
+                            f"this reader can size)")
+    try:
+        if kind in _PILLOW_FORMATS:
+            rgb = _decode_pillow(data, _PILLOW_FORMATS[kind], declared, max_pixels)
+        else:
+            rgb = _decode_opencv(data)
+    except BadImageError:
+        raise
+    except MemoryError:
+        raise BadImageError(f"cannot decode image: not enough memory to decode a {kind} file of {len(data)} "
+                            f"bytes") from None
+    except Exception as exc:  # noqa: BLE001 - a decoder may raise anything on hostile bytes; all are bad images
+        decoder = "Pillow" if kind in _PILLOW_FORMATS else "OpenCV"
+        raise BadImageError(f"cannot decode image: a {kind} file of {len(data)} bytes that {decoder} cannot "
+                            f"read (truncated/corrupt?): {_reason(exc)}") from None
+    if declared is not None:
+        _check_decoded(rgb, kind, declared)
     return rgb
 
 
+def _reason(exc):
+    """A decoder exception in a line, without OpenCV's source path (messages reach the service's clients)."""
+    if isinstance(exc, cv2.error) and getattr(exc, "err", None):
+        if "CV_IO_MAX_IMAGE_PIXELS" in exc.err:
+            return (f"over OpenCV's own pixel limit, OPENCV_IO_MAX_IMAGE_PIXELS={os.environ.get(OPENCV_PIXEL_LIMIT_VAR)}"
+                    f" (set it higher in the environment to decode larger images)")
+        return "OpenCV error: " + " ".join(exc.err.replace(">", " ").split())
+    return f"{type(exc).__name__}: " + re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", str(exc))
+
+
+def _check_decoded(rgb, kind, declared):
+    """A decoded image larger than its header promised means header and decoder disagree: refused.  Compared
+    side by side with the sides sorted, since OpenCV applies a JPEG's EXIF rotation."""
+    height, width = rgb.shape[:2]
+    (short, long), (declared_short, declared_long) = sorted((width, height)), sorted(declared)
+    if short > declared_short or long > declared_long:
+        raise BadImageError(f"cannot decode image: the {kind} decoder made {width} x {height} pixels but the "
+                            f"header declares {declared[0]} x {declared[1]}")
+
+
 def _decode_opencv(data):
-    try:
-        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as exc:
-        raise ValueError(f"cannot decode image ({len(data)} bytes): OpenCV error {exc}") from None
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"cannot decode image: {len(data)} bytes starting {data[:8]!r} are not an image "
-                         f"format OpenCV can read (or the file is truncated/corrupt)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        raise BadImageError(f"cannot decode image: {len(data)} bytes starting {data[:8]!r} are not an image "
+                            f"format OpenCV can read (or the file is truncated/corrupt)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: one image-sized buffer at the peak, not two
 
 
-def _decode_gif(data):
-    """The first frame of a GIF, as RGB (palette and transparency resolved by Pillow)."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.seek(0)
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot decode image: a GIF of {len(data)} bytes that Pillow cannot read "
-                         f"(truncated/corrupt?): {exc}") from None
+def _pillow():
+    """PIL.Image, with its decompression-bomb warning made an error (once; Pillow is imported on first use)."""
+    from PIL import Image
+    if not getattr(_pillow, "ready", False):
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        _pillow.ready = True
+    return Image
+
+
+def _decode_pillow(data, pillow_format, declared, max_pixels):
+    """The first frame as RGB (palette, transparency and alpha resolved as OpenCV would: alpha dropped)."""
+    Image = _pillow()
+    if max_pixels is not None and (Image.MAX_IMAGE_PIXELS or 0) < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own limit: at least the largest one asked for
+    with Image.open(io.BytesIO(data), formats=[pillow_format]) as image:
+        # Opening reads the header and, for a GIF, the first frame's descriptor; no pixel is allocated yet.
+        # What Pillow is about to allocate is checked here, before load().
+        # Pillow's own limit stands in when there is no limit of ours (its warning counts as an error, even
+        # where something reset the warning filters).
+        limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        extents = [tuple(image.size)] + [(tile[1][2], tile[1][3]) for tile in image.tile]
+        for width, height in extents:
+            if declared is not None and (width > declared[0] or height > declared[1]):
+                raise BadImageError(f"cannot decode image: Pillow would decode this {pillow_format} file to "
+                                    f"{width} x {height} but its header declares {declared[0]} x {declared[1]}")
+            _check_pixels(width, height, limit)
+        image.load()
+        if image.mode == "P":  # through the palette: what convert("RGB") gives, without its 4-byte pixels
+            palette = np.zeros((256, 3), np.uint8)
+            colours = np.frombuffer(bytes(image.getpalette("RGB") or ()), np.uint8).reshape(-1, 3)[:256]
+            palette[:len(colours)] = colours
+            return palette[np.asarray(image)]
+        if image.mode == "L":
+            return np.repeat(np.asarray(image)[:, :, None], 3, axis=2)
+        if image.mode.startswith("I;16"):  # 16-bit grayscale (JPEG 2000): scaled to 8 bits as OpenCV does
+            gray = (np.asarray(image) >> 8).astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)
+        return np.asarray(image.convert("RGB"))
 
 
 _BASE64_ALPHABET = re.compile(rb"[^A-Za-z0-9+/=]")

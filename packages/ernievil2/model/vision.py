@@ -91,6 +91,8 @@ class VisionTransformer(nn.Layer):
         self.norm_post = nn.LayerNorm(w, epsilon=cfg.layer_norm_eps)
 
     def forward(self, pixels):
+        if self.class_embedding.dtype == paddle.float64:  # a model trained in float64 takes float32 pixels too
+            pixels = pixels.astype("float64")
         x = self.patch_embed(pixels)
         cls = self.class_embedding.expand([x.shape[0], 1, x.shape[2]]).astype(x.dtype)
         x = paddle.concat([cls, x], axis=1) + self.positional_embedding.astype(x.dtype)

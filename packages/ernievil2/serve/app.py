@@ -1,116 +1,91 @@
-"""The search service (FastAPI): `GET /search?text=...&k=10`, `POST /search` (an uploaded image), `GET /image?id=`
-(a thumbnail from the gallery), `GET /healthz` and `GET /` (a web page).  The model and the index are loaded
-once; queries are serialised (one model call at a time); bad requests get a 4xx JSON error."""
-import os
-import threading
-import time
+"""The search service (FastAPI).  Routes live in routes_*.py, one module per concern; this module assembles
+them with the shared Service, the guards (Host check, body limit), metrics and the error shapes.
 
-import cv2
-import numpy as np
+    GET  /search?text=...&k=10      POST /search (an image upload)     GET /image?id=...&size=256
+    GET  /healthz   GET /metrics    POST /admin/reload (loopback)       POST /v1/embeddings (OpenAI shape)
+    GET  /          (the web page)
 
-from ..data.images import decode_image
-from ..errors import Error
-from ..search.query import search
+Every error is JSON `{"error": message}` (under /v1/: OpenAI's `{"error": {"message", "type", ...}}`) with no
+absolute path or file bytes in it; the service keeps running."""
+import contextlib
+import logging
 
-MAX_K = 100
-THUMBNAIL_SIDE = 256
-PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
+from .guards import GuardMiddleware
+from .live_index import LiveIndex
+from .metrics import MetricsMiddleware, ServiceMetrics
+from .service import ServeSettings, Service, ServiceError, public_message
+
+logger = logging.getLogger(__name__)
+
+_OPENAI_TYPES = {503: "server_overloaded", 504: "timeout", 500: "server_error"}
 
 
-def create_app(model, index, gallery=None, max_upload_bytes=10 << 20):
-    """A FastAPI app over a loaded api.Model and search.SearchIndex (and a GalleryReader for thumbnails)."""
-    from fastapi import FastAPI, File, Query, Request, UploadFile
+def create_app(model, index_dir, settings=None):
+    """A FastAPI app searching INDEX_DIR (followed as it is rebuilt or synced) with a loaded api.Model."""
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-    app = FastAPI(title="ERNIE-ViL 2.0 search", docs_url="/docs")
-    lock = threading.Lock()
-    k_limit = min(MAX_K, index.count)
+    from .routes_admin import admin_router
+    from .routes_openai import embeddings_router
+    from .routes_search import search_router
 
-    def error(status, message):
-        return JSONResponse({"error": message}, status_code=status)
+    settings = settings or ServeSettings()
+    service = Service(model, LiveIndex(index_dir), settings)
+    metrics = ServiceMetrics(service.live, service.pools)
 
-    def answer(**query):
-        k = query.pop("k")
-        if not 1 <= k <= k_limit:
-            return error(400, f"k must be between 1 and {k_limit}, got {k}")
-        start = time.perf_counter()
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        if settings.reload_seconds > 0:
+            service.live.poll(settings.reload_seconds)
         try:
-            with lock:
-                results = search(model, index, k=k, **query)
-        except Error as e:
-            return error(400, str(e))
-        return JSONResponse({"results": results, "seconds": round(time.perf_counter() - start, 4)})
+            yield
+        finally:
+            service.shutdown()
+
+    app = FastAPI(title="ERNIE-ViL 2.0 search", docs_url="/docs", lifespan=lifespan)
+    app.state.service = service
+    routers = [search_router(service), admin_router(service, metrics), embeddings_router(service)]
+    for router in routers:
+        app.include_router(router)
+    paths = frozenset(route.path for router in routers for route in router.routes)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request, exc):
+        return error_response(request.url.path, exc.status, exc.message, exc.headers, exc.param)
 
     @app.exception_handler(RequestValidationError)
-    def invalid(request, exc):
+    async def invalid(request, exc):
         problems = "; ".join(f"{'.'.join(map(str, p['loc'][1:])) or p['loc'][0]}: {p['msg']}" for p in exc.errors())
-        return error(422, problems)
+        return error_response(request.url.path, 422, problems)
 
-    @app.get("/healthz")
-    def healthz():
-        return {"status": "ok", "count": index.count, "dim": index.dim, "kind": index.manifest["kind"],
-                "backend": index.manifest["backend"], "thumbnails": gallery is not None}
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc):
+        logger.exception("unexpected error answering %s", request.url.path)
+        return error_response(request.url.path, 500, "internal error; the server's log has the details")
 
-    @app.get("/search")
-    def search_text(text: str = Query(..., max_length=2000), k: int = 10):
-        if not text.strip():
-            return error(400, "the text query is empty")
-        return answer(text=text, k=k)
-
-    @app.post("/search")
-    async def search_image(request: Request, image: UploadFile = File(...), k: int = 10):
-        data = await image.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            return error(413, f"the upload is over the limit of {max_upload_bytes} bytes")
-        if not data:
-            return error(400, "the upload is empty")
-        try:
-            rgb = decode_image(data, max_pixels=model.max_image_pixels)
-        except ValueError as e:
-            return error(400, f"not a usable image: {e}")
-        return answer(image=rgb, k=k)
-
-    @app.get("/image")
-    def thumbnail(id: str):  # noqa: A002 - the query parameter's public name
-        if gallery is None:
-            return error(404, "this index has no gallery to show images from (build it with --gallery)")
-        try:
-            data = gallery.image_bytes(id)
-        except OSError:
-            data = None
-        if data is None:
-            return error(404, f"no image {id!r} in this gallery")
-        try:
-            return Response(_thumbnail(data), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
-        except ValueError as e:
-            return error(404, f"image {id!r} cannot be shown: {e}")
-
-    @app.get("/", response_class=HTMLResponse)
-    def page():
-        with open(PAGE, encoding="utf-8") as f:
-            return f.read()
-
+    app.add_middleware(GuardMiddleware, bound_host=settings.host, allow_hosts=settings.allow_hosts,
+                       max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)
     return app
 
 
-def _thumbnail(data):
-    rgb = decode_image(data)
-    h, w = rgb.shape[:2]
-    scale = min(1.0, THUMBNAIL_SIDE / max(h, w))
-    if scale < 1.0:
-        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 85])
-    if not ok:
-        raise ValueError("cannot encode a thumbnail")
-    return jpeg.tobytes()
+def error_response(path, status, message, headers=None, param=None):
+    from fastapi.responses import JSONResponse
+    message = public_message(message)
+    if path.startswith("/v1/"):
+        kind = _OPENAI_TYPES.get(status, "invalid_request_error")
+        body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-def load_app(config, overrides, index_dir, max_upload_bytes=10 << 20):
-    """The app for `python -m ernievil2 serve`: the index first (a missing one fails fast), then the model."""
+def load_app(config, overrides, index_dir, settings=None):
+    """The app for `python -m ernievil2 serve`: the index is checked first (a missing one fails fast), then the
+    model is loaded."""
     from ..api.model import model_from_config
     from ..infer.options import load_query_config
-    from ..search.index import SearchIndex
-    index = SearchIndex(index_dir)
+    from ..search.index import read_manifest
+    read_manifest(index_dir)
     model = model_from_config(load_query_config(config, overrides))
-    return create_app(model, index, index.gallery_reader(), max_upload_bytes)
+    return create_app(model, index_dir, settings)

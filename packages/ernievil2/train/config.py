@@ -26,6 +26,8 @@ def _check_training(cfg):
             if key not in _augment_keys():
                 raise ConfigError(f"is not an augmentation option; expected some of {', '.join(_augment_keys())}",
                                   where=f"data.augment.{key}")
+    if cfg.dtype == "float64" and cfg.amp.mode != "off":
+        raise ConfigError(f"must be off with dtype float64, got {cfg.amp.mode}", where="amp.mode")
     if cfg.resume not in (None, "auto") and not os.path.isdir(cfg.resume):
         raise ConfigError(f"must be auto or a checkpoint directory; {cfg.resume} does not exist", where="resume")
     # Under paddle.distributed.launch the world size is known here, before Paddle loads; the global batch is
@@ -52,10 +54,15 @@ TRAIN_SCHEMA = Section({
     "cpu_processes": Field(1, minimum=1, doc="CPU only, when run_train.sh gets no launcher options: "
                                              "data-parallel processes on this machine (small models train faster "
                                              "as several single-threaded ranks)"),
+    "dtype": Field("float32", choices=("float32", "float64"),
+                   doc="float64: weights, activations, losses and optimizer state in double precision (no AMP); "
+                       "slower, for exactness checks whose result must not depend on the CPU's summation order"),
     "data": Section({
         "train_file": Field(REQUIRED, type=(str, list), doc="TSV file(s), a directory of shards or a glob"),
         "dev_file": Field(None, type=str, doc="recall measured every schedule.eval_every steps"),
         "test_file": Field(None, type=str, doc="embedded and evaluated after training"),
+        "test_folds": Field(1, minimum=1, doc="the test table averages over this many equal parts of the test "
+                                              "images, each ranked on its own (COCO's 1K protocol: 5 folds)"),
         "generate_demo_data": Field(False, doc="generate the demo data set into train_file's folder if missing"),
         "demo_data": Field({}, type=dict, doc="parameters of the demo data generator"),
         "batch_size": Field(32, minimum=1, doc="rows per rank per step"),

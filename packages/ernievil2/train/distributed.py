@@ -131,6 +131,34 @@ def get_world_size_from_env() -> int:
     return int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
+_barriers_passed = 0
+
+
+def barrier(timeout_s: float = None) -> None:
+    """Wait until every rank gets here, for as long as one rank's solo work takes (rank 0 writing a checkpoint,
+    evaluating, generating data).  Counted in the launcher's TCP store rather than by a collective: gloo's
+    collectives on the CPU give up after 30 s, too short for such work on a busy machine.  Every rank passes
+    the barriers in the same order, so the n-th barrier of each rank meets at one key.  The timeout defaults to
+    the process-group timeout (PADDLE_PG_TIMEOUT, milliseconds; 30 minutes)."""
+    global _barriers_passed
+    if not is_distributed():
+        return
+    import os
+    import time
+
+    from paddle.base import core
+    if timeout_s is None:
+        timeout_s = int(os.environ.get("PADDLE_PG_TIMEOUT", "1800000")) / 1000.0
+    _barriers_passed += 1
+    store = core.create_or_get_global_tcp_store()
+    key = f"ernievil2/barrier/{_barriers_passed}"
+    world = get_world_size()
+    arrived = store.add(key, 1)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    while arrived < world:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"barrier {_barriers_passed}: {arrived} of {world} ranks arrived in {timeout_s:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+        arrived = store.add(key, 0)

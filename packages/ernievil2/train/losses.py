@@ -84,8 +84,9 @@ class MomentumQueue(paddle.nn.Layer):
         self.size, self.dim = int(size), int(dim)
         if global_batch is not None:
             self._check_batch(global_batch)
-        self.register_buffer("image_queue", paddle.zeros([self.size, self.dim], "float32"), persistable=True)
-        self.register_buffer("text_queue", paddle.zeros([self.size, self.dim], "float32"), persistable=True)
+        dtype = _compute_dtype(paddle.get_default_dtype())
+        self.register_buffer("image_queue", paddle.zeros([self.size, self.dim], dtype), persistable=True)
+        self.register_buffer("text_queue", paddle.zeros([self.size, self.dim], dtype), persistable=True)
         self.register_buffer("ptr", paddle.zeros([1], "int64"), persistable=True)
         self.register_buffer("filled", paddle.zeros([1], "int64"), persistable=True)
         # identities of the queued rows (image id and caption keys), for loss.mask_duplicates
@@ -133,8 +134,14 @@ class MomentumQueue(paddle.nn.Layer):
         return self.image_queue[:f].detach(), self.text_queue[:f].detach()
 
 
+def _compute_dtype(dtype) -> str:
+    """Losses run in float32, or in float64 when the model does (the trainer's `dtype: float64`); half-precision
+    embeddings from AMP are promoted to float32."""
+    return "float64" if str(dtype).endswith("float64") else "float32"
+
+
 def _unit(x: paddle.Tensor) -> paddle.Tensor:
-    return F.normalize(x.astype("float32"), axis=-1)
+    return F.normalize(x.astype(_compute_dtype(x.dtype)), axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,7 +244,7 @@ class MultiViewContrastiveLoss(paddle.nn.Layer):
         with paddle.amp.auto_cast(enable=False):
             local, everyone = self._gather(given, needed)
             queries, labels = self._queries(local, everyone)
-            scale = paddle.exp(temperature.astype("float32"))
+            scale = paddle.exp(temperature.astype(_compute_dtype(temperature.dtype)))
             masks = self._duplicate_masks(identities, labels, own_queue and queue_keys is not None)
             terms = {t: self._term(t, queries, everyone, scale, labels, queue_keys, masks.get(t, (None, None)))
                      for t in active}
@@ -287,8 +294,9 @@ class MultiViewContrastiveLoss(paddle.nn.Layer):
         a, b = self.config.term_views()[term]
         a_neg = b_neg = None
         if queue_keys is not None and term in self.config.queue.terms and term in CROSS_MODAL_TERMS:
-            a_neg = queue_keys[0].astype("float32")  # image keys: negatives for text queries
-            b_neg = queue_keys[1].astype("float32")  # text keys: negatives for image queries
+            dtype = scale.dtype
+            a_neg = queue_keys[0].astype(dtype)  # image keys: negatives for text queries
+            b_neg = queue_keys[1].astype(dtype)  # text keys: negatives for image queries
         batch_mask, queue_mask = excluded
         return symmetric_infonce(queries[a], queries[b], everyone[a], everyone[b], scale, labels,
                                  a_neg=a_neg, b_neg=b_neg, excluded=batch_mask,
@@ -344,6 +352,7 @@ class MultiViewContrastiveLoss(paddle.nn.Layer):
             raise RuntimeError("update_queue: loss.queue.enabled is false")
         gathered = {k: edist.all_gather_no_grad(v.astype("int64").reshape([-1]))
                     for k, v in (identities or {}).items()}
-        self.queue.enqueue(edist.all_gather_no_grad(image_keys.astype("float32")),
-                           edist.all_gather_no_grad(text_keys.astype("float32")),
+        dtype = _compute_dtype(image_keys.dtype)
+        self.queue.enqueue(edist.all_gather_no_grad(image_keys.astype(dtype)),
+                           edist.all_gather_no_grad(text_keys.astype(dtype)),
                            gathered.get("image"), gathered.get("caption"))

@@ -83,6 +83,8 @@ class Trainer:
         if self.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
         self.tokenizer = ErnieTokenizer.from_file(self.cfg.vocab_file)
+        # dtype float64: parameters, queue buffers and optimizer state are created in the default dtype
+        paddle.set_default_dtype(self.cfg.dtype)
         self._build_model()
         self.data_index = self._index_training_data()
         self.global_batch = self.cfg.data.batch_size * self.world
@@ -301,6 +303,8 @@ class Trainer:
                     self._log(record, progress)
                 elif cfg.schedule.eval_every and self.step % cfg.schedule.eval_every == 0:
                     self._log({"step": self.step, "dev": self.evaluate()}, progress)
+                if cfg.schedule.eval_every and self.step % cfg.schedule.eval_every == 0:
+                    dist.barrier()  # while rank 0 evaluates, the others wait here, not in a collective
                 if cfg.schedule.save_every and self.step % cfg.schedule.save_every == 0:
                     self.save_checkpoint()
                 _crash_if_asked(self.step)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from ..api.model import model_from_config
-from ..errors import RuntimeSupportError
+from ..errors import ConfigError, RuntimeSupportError
 from ..eval.embedding_files import load_embeddings
 from ..eval.metrics import retrieval_metrics
 from ..infer.options import load_infer_config
@@ -47,7 +47,11 @@ def after_training(out_dir, cfg, device):
     logger.info("embedding the test split %s with %s", infer_cfg.test_file, infer_cfg.init_from_params)
     model = model_from_config(infer_cfg)  # one encoder for every step
     result.embedding = run_inference(infer_cfg, encoder=model.encoder)
-    result.metrics = retrieval_metrics(*load_embeddings(result.embedding.sidecar_file or infer_cfg.output_file))
+    embeddings = load_embeddings(result.embedding.sidecar_file or infer_cfg.output_file)
+    try:
+        result.metrics = retrieval_metrics(*embeddings, folds=cfg.data.test_folds)
+    except ValueError as e:  # folds that do not divide the test images: known only now
+        raise ConfigError(f"'data.test_folds' {cfg.data.test_folds}: {e}") from None
     _zeroshot(result, infer_yaml, overrides, cfg.zeroshot, out_dir, model)
     if cfg.search.queries:
         _search(result, cfg, out_dir, model)
