@@ -42,11 +42,11 @@ def test_with_faiss_the_queries_are_answered_from_the_test_images(tmp_path, caps
     pytest.importorskip("faiss", reason="faiss-cpu is not installed")
     from ernievil2.train.config import load_train_config
     from ernievil2.workflow.after_training import after_training
-    config = tiny_run_config(tmp_path, search={"queries": ["一只猫", "a dog"]})
+    config = tiny_run_config(tmp_path, search={"queries": ["一只猫", "a dog"], "top_k": 2})
     assert train_main([config]) == 0
     capsys.readouterr()
     result = after_training(str(tmp_path / "out"), load_train_config(config), "cpu")  # again, as a library call
     assert result.notes == [] and result.index_dir == str(tmp_path / "out" / "search_index")
     assert [query for query, _ in result.searches] == ["一只猫", "a dog"]
-    assert all(len(hits) == 3 for _, hits in result.searches)
+    assert all(len(hits) == 2 for _, hits in result.searches)  # search.top_k
     assert set(result.metrics) >= {"text2image", "image2text"}

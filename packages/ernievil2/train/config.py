@@ -128,7 +128,8 @@ TRAIN_SCHEMA = Section({
         "templates": Field(None, type=str, **NOT_OUTPUT, doc="prompts with {}; null: the built-in Chinese ones"),
     }, doc="after training (with a test_file): zero-shot classification of `images` into `labels`"),
     "search": Section({
-        "queries": Field([], type=list, **NOT_OUTPUT, doc="texts searched for (top 3) in the index"),
+        "queries": Field([], type=list, **NOT_OUTPUT, doc="texts searched for in the index"),
+        "top_k": Field(3, minimum=1, **NOT_OUTPUT, doc="hits listed per query (at most the test images)"),
     }, doc="after training (with a test_file): a search index over the test images (output_dir/search_index)"),
 }, check=_check_training, doc="run_train.sh: the run, data, model, optimiser, schedule, mixed precision, loss "
                                "and the steps after training")

@@ -22,9 +22,6 @@ from ..search.query import search
 
 logger = logging.getLogger(__name__)
 
-SEARCH_TOP_K = 3
-
-
 @dataclass
 class AfterTraining:
     """What the steps made: the test split's embedding summary and recall, the zero-shot summary, the search
@@ -91,5 +88,6 @@ def _search(result, cfg, out_dir, model):
         return
     result.index_dir = index_dir
     index = SearchIndex(index_dir)
+    k = min(cfg.search.top_k, index.count)
     for query in cfg.search.queries:
-        result.searches.append((str(query), search(model, index, text=str(query), k=min(SEARCH_TOP_K, index.count))))
+        result.searches.append((str(query), search(model, index, text=str(query), k=k)))
