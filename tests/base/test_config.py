@@ -171,7 +171,8 @@ def test_the_committed_configuration_reference_is_the_generated_one(tmp_path, ca
     from ernievil2.cli.config_docs import config_reference, main
     committed = os.path.join(REPO, "docs", "configuration.md")
     text = config_reference()
-    assert open(committed, encoding="utf-8").read() == text, "run: python -m ernievil2 config-docs"
+    with open(committed, encoding="utf-8") as f:
+        assert f.read() == text, "run: python -m ernievil2 config-docs"
     for key in ("max_text_seqlen", "loss.queue.momentum", "data.batch_size", "hidden_act", "top_k"):
         assert f"| `{key}` |" in text
     assert "| `loss.queue.momentum` | float | `0.999` | in [0.0, 1.0) | yes |" in text
@@ -186,8 +187,8 @@ def test_inference_configs_check_the_towers_at_load(tmp_path):
     official = os.path.join(REPO, "packages", "configs", "ernie_vil_base.yaml")
     text_json = tmp_path / "text.json"
     text_json.write_text('{"hidden_size": 64, "num_attention_heads": 2, "max_position_embeddings": 40}')
-    cases = [([f"text_model_config={text_json}"], "'max_text_seqlen' 48 is longer than the text tower's "
-                                                  "max_position_embeddings 40"),
+    cases = [([f"text_model_config={text_json}"], ("'max_text_seqlen' 48 is longer than the text tower's "
+                                                   "max_position_embeddings 40")),
              (["vision_model=vit_h14"], "'vision_model': unknown preset 'vit_h14'"),
              (["vision_model={patch_size: 15}"], "'vision_model.image_size' 224 is not a multiple of patch_size 15")]
     for overrides, message in cases:

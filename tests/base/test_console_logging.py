@@ -52,7 +52,9 @@ def test_library_modules_do_not_print():
         for name in files:
             if name.endswith(".py"):
                 path = os.path.join(folder, name)
-                for number, line in enumerate(open(path, encoding="utf-8"), 1):
+                with open(path, encoding="utf-8") as f:
+                    lines = f.readlines()
+                for number, line in enumerate(lines, 1):
                     if re.search(r"(?<![\w.])print\(", line.split("#")[0]):
                         printing.append(f"{os.path.relpath(path, PACKAGE_DIR)}:{number}")
     assert printing == []

@@ -27,8 +27,8 @@ Unknown keys, wrong types and values outside the allowed range are errors that n
 # (title, schema, what it configures); the extra keys of embed and zeroshot are listed on their own.
 SECTIONS = [
     ("Inference (`run_infer.sh`, `embed`, `zeroshot`, `search`, `serve`)", INFER_SCHEMA,
-     "The official `ernie_vil_base.yaml` keys (down to `unk_token`) keep their meaning; the others are optional. "
-     "`embed`, `zeroshot`, `search` and `serve` do not need `test_file` and `output_file`."),
+     ("The official `ernie_vil_base.yaml` keys (down to `unk_token`) keep their meaning; the others are optional. "
+      "`embed`, `zeroshot`, `search` and `serve` do not need `test_file` and `output_file`.")),
     ("`python -m ernievil2 embed`: extra keys", {k: EMBED_SCHEMA[k] for k in EMBED_SCHEMA if k not in INFER_SCHEMA},
      "Set exactly one of `images` and `texts`; `output_file` is the `.npz` written."),
     ("`python -m ernievil2 zeroshot`: extra keys",

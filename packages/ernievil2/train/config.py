@@ -41,7 +41,7 @@ def _check_training(cfg):
     check_text_length(cfg.model.text, cfg.data.max_text_len, "data.max_text_len")
 
 
-NOT_OUTPUT = dict(affects_output=False)
+NOT_OUTPUT = {"affects_output": False}
 TRAIN_SCHEMA = Section({
     "output_dir": Field("./output", **NOT_OUTPUT, doc="checkpoints, logs, final weights and test results"),
     "seed": Field(42, doc="seeds the initialisation, data order and augmentation"),

@@ -8,7 +8,6 @@ optional package) is a logged note and the step is left out, never a failed run.
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 from ..api.model import model_from_config
 from ..errors import ConfigError, RuntimeSupportError
@@ -27,11 +26,11 @@ class AfterTraining:
     """What the steps made: the test split's embedding summary and recall, the zero-shot summary, the search
     index and each query's hits; `notes` says which optional step was left out and why."""
     embedding: object = None                   # infer.run's Summary
-    metrics: Optional[dict] = None             # eval.metrics.retrieval_metrics of the test split
+    metrics: dict | None = None             # eval.metrics.retrieval_metrics of the test split
     zeroshot: object = None                    # infer.zeroshot's summary, or None when left out
-    index_dir: Optional[str] = None
-    searches: List[tuple] = field(default_factory=list)  # (query, hits) with hits as search.query.search gives
-    notes: List[str] = field(default_factory=list)
+    index_dir: str | None = None
+    searches: list[tuple] = field(default_factory=list)  # (query, hits) with hits as search.query.search gives
+    notes: list[str] = field(default_factory=list)
 
 
 def after_training(out_dir, cfg, device):
