@@ -24,10 +24,11 @@ def test_demo_trains_and_its_held_out_recall_is_far_above_chance(tmp_path):
     for name in ("final.pdparams", "final.safetensors", "metrics.jsonl", "infer.yaml", "test_embeddings.out",
                  "test_embeddings.npz"):
         assert (out / name).exists(), name
-    result = subprocess.run([sys.executable, "eval_retri.py", "--json", str(out / "test_embeddings.npz")],
-                            cwd=REPO, capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "eval_retri.py", "--json", "--folds", "5",
+                             str(out / "test_embeddings.npz")], cwd=REPO, capture_output=True, text=True, check=True)
     metrics = json.loads(result.stdout)
-    # 100 test images x 5 captions: chance is R@1 = 1%, R@5 = 5%.
+    assert metrics["counts"] == {"text_queries": 2500, "image_queries": 500, "folds": 5}
+    # 500 test images x 5 captions, ranked as 5 folds of 100: chance is R@1 = 1%, R@5 = 5%.
     assert metrics["text2image"]["R@5"] >= 20, metrics
     assert metrics["image2text"]["R@5"] >= 20, metrics
     losses = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl", encoding="utf-8")]
