@@ -86,12 +86,20 @@ def create_app(model, index, gallery=None, max_upload_bytes=10 << 20):
         except ValueError as e:
             return error(404, f"image {id!r} cannot be shown: {e}")
 
+    _install_index_routes(app, model, index, lock, max_upload_bytes)
+
     @app.get("/", response_class=HTMLResponse)
     def page():
         with open(PAGE, encoding="utf-8") as f:
             return f.read()
 
     return app
+
+
+def _install_index_routes(app, model, index, lock, max_upload_bytes):
+    """Filtered, composed and batch queries and duplicate groups (serve/index_routes.py)."""
+    from .index_routes import LockedHost, install
+    install(app, LockedHost(model, lambda: index, lock), max_upload_bytes=max_upload_bytes)
 
 
 def _thumbnail(data):
