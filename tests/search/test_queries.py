@@ -162,9 +162,6 @@ def test_batches_equal_one_call_each_with_one_model_call_per_kind(tmp_path):
         np.testing.assert_allclose([h["score"] for h in results], [h["score"] for h in single],
                                    atol=DIM * np.finfo(np.float32).eps + 1e-6)
     assert [len(r) for r in got] == [5, 3, 5, 5, 5]
-    from ernievil2.api.model import Model
-    assert Model.search(FakeModel(), index, queries, k=5) == got  # Model.search: the same, list in, lists out
-    assert [h["id"] for h in Model.search(FakeModel(), index, "猫", k=5)] == [h["id"] for h in got[0]]
     with pytest.raises(ConfigError, match="the batch holds 5 queries, over the limit of 4"):
         search_batch(model, index, queries, limit=4)
     with pytest.raises(ConfigError, match="query 2: give exactly one of text, image or terms"):

@@ -111,16 +111,6 @@ class Model:
         order, probs = classify(self.encode_image(images), vectors, self.logit_scale, top_k)
         return [[(labels[i], float(p)) for i, p in zip(row, row_probs)] for row, row_probs in zip(order, probs)]
 
-    def search(self, index, queries, k=10, where=None, limit=None):
-        """Search a SearchIndex (ernievil2.search.index) with one query or a list of them: a str (a text) or a
-        dict with one of "text", "image", "terms" (composed: [{"text"|"image": ..., "weight": w}]) and optional
-        "k" and "where" (a metadata filter).  One query -> its list of {"id", "score", "metadata"}; a list ->
-        one such list per query (texts embedded in one call, images in another)."""
-        from ..search.query import search_batch
-        single = isinstance(queries, (str, dict))
-        results = search_batch(self, index, [queries] if single else list(queries), k=k, where=where, limit=limit)
-        return results[0] if single else results
-
     def _rgb(self, position, item):
         where = f"images[{position}]" + (f" ({os.fspath(item)})" if isinstance(item, (str, os.PathLike)) else "")
         try:
