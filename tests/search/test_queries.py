@@ -79,6 +79,11 @@ def test_filtered_top_k_equals_brute_force_on_the_subset(tmp_path, kind):
     for where, keep in FILTERS:
         want = reference(vectors, ids, queries, 10, lambda j: keep(meta[j]))
         assert hit_ids(index.search(queries, 10, where=where)) == want, where
+    # many queries at once: flat takes faiss's ID selector instead of the masked product
+    many = unit(np.random.default_rng(8).standard_normal((40, DIM)))
+    for where, keep in FILTERS[:3]:
+        assert hit_ids(index.search(many, 10, where=where)) == \
+            reference(vectors, ids, many, 10, lambda j: keep(meta[j])), where
 
 
 def test_approximate_over_fetch_is_checked_and_falls_back_to_exact(tmp_path, monkeypatch):

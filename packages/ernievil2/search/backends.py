@@ -64,12 +64,14 @@ class FaissStore:
         _faiss().write_index(self.index, os.path.join(directory, "index.faiss"))
 
     def search(self, queries, k, rows=None):
-        """(scores [q, k], rows [q, k]); `rows` (flat only): search just these rows (a faiss ID selector), -1
-        filling the places when fewer match."""
+        """(scores [q, k], rows [q, k]); `rows` (flat only): search just these rows (sorted), -1 filling the
+        places when fewer match: a few queries as one masked matrix product, more through a faiss ID selector."""
         queries = np.ascontiguousarray(queries, np.float32)
         if rows is not None:
             if self.kind != "flat":
                 raise ConfigError("an ID selector search needs an exact (flat) index")
+            if len(queries) <= FLAT_BLAS_QUERIES:
+                return self._flat_search(queries, k, rows)
             faiss = _faiss()
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(rows, np.int64))
             return self.index.search(queries, k, params=faiss.SearchParameters(sel=selector))
@@ -82,17 +84,23 @@ class FaissStore:
         n = self.index.ntotal
         return _faiss().rev_swig_ptr(self.index.get_xb(), n * self.index.d).reshape(n, self.index.d)
 
-    def _flat_search(self, queries, k):
+    def _flat_search(self, queries, k, rows=None):
         """Exact search of a few queries as one matrix product over the stored vectors: faiss splits its exact
         search over queries, so a single query ran on one core; the product uses every core (README: "Measured
-        results").  Same results; ties at the k-th score are ordered by the caller."""
+        results").  Same results; ties at the k-th score are ordered by the caller.  rows: only these compete
+        (a small subset is gathered, a large one masked)."""
         n, vectors = self.index.ntotal, self.flat_vectors()
+        if rows is not None and len(rows) * 8 <= n:
+            top_scores, top = _top_k(queries @ vectors[rows].T, k)
+            return top_scores, np.asarray(rows, np.int64)[top]
         scores = queries @ vectors.T  # [q, n]
-        k = min(k, n)
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(queries), 1))
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1).astype(np.int64)
+        if rows is not None:
+            masked = np.full(n, -np.inf, np.float32)
+            masked[rows] = 0.0
+            scores += masked
+            k = min(k, len(rows))
+        top_scores, top = _top_k(scores, k)
+        return top_scores, top.astype(np.int64)
 
     def parameter_ladder(self):
         if self.kind == "ivf_pq":
@@ -109,6 +117,16 @@ class FaissStore:
             _faiss().downcast_index(self.index.base_index).nprobe = int(params["nprobe"])
         if "k_factor" in params:
             self.index.k_factor = float(params["k_factor"])
+
+
+def _top_k(scores, k):
+    """(scores, columns) of the k best of each row of scores [q, n], best first."""
+    n = scores.shape[1]
+    k = min(k, n)
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(scores), 1))
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1)
 
 
 def _ivf_pq(faiss, vectors, seed):

@@ -59,6 +59,7 @@ class FieldTable:
             if isinstance(meta, dict):
                 for name, value in meta.items():
                     self.columns.setdefault(name, [None] * len(ids))[row] = value
+        self._number_cache, self._posting_cache = {}, {}
         self.kinds = {}
         for name, values in self.columns.items():
             kinds = {_kind(v) for v in values if v is not None}
@@ -113,20 +114,36 @@ class FieldTable:
         """Sorted int64 row numbers matching a checked filter."""
         keep = np.ones(len(self.ids), bool)
         for field, condition in where.items():
-            values = self.columns[field]
             if isinstance(condition, dict):
-                numbers = np.array([v if _kind(v) == "number" else np.nan for v in values], np.float64)
+                numbers = self._numbers(field)
                 ok = ~np.isnan(numbers)
                 for op, bound in condition.items():
                     ok &= {"gt": numbers > bound, "gte": numbers >= bound, "lt": numbers < bound,
                            "lte": numbers <= bound}[op]
             else:
-                wanted = condition if isinstance(condition, list) else [condition]
-                # (kinds compared too: in Python 1 == True == 1.0)
-                wanted = {(_kind(w), w) for w in wanted}
-                ok = np.array([(_kind(v), v) in wanted for v in values], bool)
+                postings = self._postings(field)
+                ok = np.zeros(len(self.ids), bool)
+                for value in condition if isinstance(condition, list) else [condition]:
+                    ok[postings.get((_kind(value), value), [])] = True  # (kinds too: 1 == True == 1.0)
             keep &= ok
         return np.flatnonzero(keep).astype(np.int64)
+
+    def _numbers(self, field):
+        """A numeric column as float64 (NaN where a row has no number); computed once."""
+        if field not in self._number_cache:
+            self._number_cache[field] = np.array([v if _kind(v) == "number" else np.nan
+                                                  for v in self.columns[field]], np.float64)
+        return self._number_cache[field]
+
+    def _postings(self, field):
+        """{(kind, value): rows holding it} of a column; computed once."""
+        if field not in self._posting_cache:
+            postings = {}
+            for row, value in enumerate(self.columns[field]):
+                if value is not None and _kind(value) != "other":
+                    postings.setdefault((_kind(value), value), []).append(row)
+            self._posting_cache[field] = {key: np.array(rows, np.int64) for key, rows in postings.items()}
+        return self._posting_cache[field]
 
     def milvus_expression(self, where):
         """The Milvus boolean expression of a checked filter (fields are the collection's dynamic fields)."""
