@@ -32,7 +32,7 @@ FORMAT_VERSION = 2  # 2: versions, vectors.npy, Milvus keyed by id in a collecti
 KINDS = ("flat", "hnsw", "ivf_pq")
 RECALL_K = 10
 TIE_MARGIN = 16  # extra candidates fetched so that results tied at the k-th score are ordered by id
-EXACT_SUBSET_ROWS = 50000  # a filtered search of an approximate index scores subsets up to this size exactly
+EXACT_SUBSET_ROWS = 10000  # a filtered search of an approximate index scores subsets up to this size exactly
 RECALL_SLACK = 0.01  # a sync keeps an approximate index's recall within this of what its build measured
 
 

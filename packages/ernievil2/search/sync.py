@@ -134,7 +134,7 @@ def sync_index(config, overrides, index_dir, source=None, kind="flat", backend="
         for reason, n in _count_reasons([BadRow(e.path or src, e.line, "bad image")
                                          for e in delta if e.id not in new_vectors]).items():
             summary.skipped[reason] = summary.skipped.get(reason, 0) + n
-    user_fields = _user_fields(metadata, [e.id for e in entries], records)
+    user_fields = _user_fields(metadata, [e.id for e in entries], records, old)
 
     ids, rows, vectors_new, new_records, meta = [], [], [], [], []
     old_vectors = old.vectors() if old and (len(entries) - len(delta)) else None
@@ -171,7 +171,12 @@ def sync_index(config, overrides, index_dir, source=None, kind="flat", backend="
     manifest["embedded_before_ns"] = time.time_ns()
     store = _store(manifest, old, ids, vectors, meta, removed, delta, target_recall, summary, log)
     offsets = tsv_offsets(src, ids)[0] if manifest["gallery"]["kind"] == "tsv" else None
-    publish(index_dir, store, ids, meta, manifest, offsets, vectors=vectors, records=new_records)
+    try:
+        publish(index_dir, store, ids, meta, manifest, offsets, vectors=vectors, records=new_records)
+    except BaseException:
+        if old is None and manifest["backend"] == "milvus":
+            store.drop()  # the collection of an index that was never published
+        raise
     summary.published, summary.version = True, manifest["version"]
     shutil.rmtree(work, ignore_errors=True)
     summary.seconds = time.time() - start
@@ -324,8 +329,12 @@ def _read_json(path):
         return {}
 
 
-def _user_fields(metadata, ids, records):
-    """{id: user fields}: from --metadata when given (replacing the recorded ones), else the records'."""
+def _user_fields(metadata, ids, records, old):
+    """{id: user fields}: from --metadata when given (replacing the recorded ones), else the records', else (an
+    index built by `index build --metadata`, no records yet) its metadata objects."""
+    if not metadata and not records and old is not None and old.metadata:
+        built = {i: m for i, m in zip(old.ids, old.metadata) if isinstance(m, dict)}
+        return {i: built.get(i) or {} for i in ids}
     if not metadata:
         return {i: (records.get(i) or {}).get("fields") or {} for i in ids}
     values = read_metadata(metadata, ids)
