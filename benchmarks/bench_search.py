@@ -167,7 +167,7 @@ def bench_filtered(args):
             build_index(gallery, out_dir, kind=kind, metadata=meta, sample=args.queries, queries=qfile,
                         log=lambda line: print(line, file=sys.stderr))
             index = SearchIndex(out_dir)
-            index.fields  # built once per index (the service keeps it), not per query
+            _ = index.fields  # built once per index (the service keeps it), not per query
             for label, where in (("none", None), ("50%", {"bucket": {"lt": 500}}), ("10%", {"bucket": {"lt": 100}}),
                                  ("5%", {"bucket": {"lt": 50}}), ("0.1%", {"bucket": [7]})):
                 times, found = [], []
@@ -231,7 +231,7 @@ def bench_living(args):
     n = args.images
     for i in range(n, n + n // 10):
         image(os.path.join(photos, f"{i:05d}.jpg"))
-    for i in range(0, n // 20):
+    for i in range(n // 20):
         image(os.path.join(photos, f"{i:05d}.jpg"))
         os.utime(os.path.join(photos, f"{i:05d}.jpg"), ns=(time.time_ns() + 10 ** 10,) * 2)
     for i in range(n // 20, n // 10):

@@ -7,12 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+from test_index import gallery_npz, unit
 
 from conftest import REPO
 from ernievil2.errors import ConfigError
 from ernievil2.search.duplicates import duplicate_groups
 from ernievil2.search.index import SearchIndex, build_index
-from test_index import gallery_npz, unit
 
 pytest.importorskip("faiss", reason="faiss-cpu is not installed")
 

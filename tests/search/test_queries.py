@@ -5,13 +5,13 @@ import zlib
 
 import numpy as np
 import pytest
+from test_index import clustered, gallery_npz, unit
 
 from ernievil2.errors import ConfigError
 from ernievil2.search import index as index_module
 from ernievil2.search.filters import parse_where
 from ernievil2.search.index import SearchIndex, build_index
 from ernievil2.search.query import compose, search, search_batch
-from test_index import clustered, gallery_npz, unit
 
 pytest.importorskip("faiss", reason="faiss-cpu is not installed")
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ConfigError
 
 BOUNDS = {">=": "gte", ">": "gt", "<=": "lte", "<": "lt"}
-_TERM = re.compile(r"^\s*([^=<>!\s]+)\s*(>=|<=|=|>|<)\s*(.*?)\s*$", re.S)
+_TERM = re.compile(r"^\s*([^=<>!\s]+)\s*(>=|<=|=|>|<)\s*(.*?)\s*$", re.DOTALL)
 MILVUS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

@@ -10,12 +10,11 @@ after the folder plus a random suffix recorded in the manifest: two folders of t
 INDEX_DIR is written under a temporary name and renamed: it is never half-written.
 """
 import json
+import logging
 import os
 import shutil
 import time
 import uuid
-
-import logging
 
 import numpy as np
 

@@ -28,9 +28,9 @@ import numpy as np
 from ..data.sources import FolderImages, TsvImages, image_source
 from ..data.tsv import BadRow, BadRowPolicy
 from ..errors import ConfigError, InputError
+from ..fileio import write_text_atomic
 from ..infer.gallery import load_embed_config, provenance, run_embed
 from ..infer.sharding import config_fingerprint
-from ..fileio import write_text_atomic
 from .backends import open_store
 from .gallery_access import describe_gallery, tsv_offsets
 from .gallery_file import read_gallery
@@ -58,8 +58,8 @@ class SyncSummary:
     approximate: str = ""
 
     def lines(self):
-        out = [f"added {self.added}, changed {self.changed}, removed {self.removed}, unchanged {self.unchanged}, "
-               f"skipped {sum(self.skipped.values())}"]
+        out = [(f"added {self.added}, changed {self.changed}, removed {self.removed}, unchanged {self.unchanged}, "
+                f"skipped {sum(self.skipped.values())}")]
         out += [f"  skipped {n}: {reason}" for reason, n in sorted(self.skipped.items())]
         if self.embedded:
             rate = self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
@@ -136,7 +136,7 @@ def sync_index(config, overrides, index_dir, source=None, kind="flat", backend="
             summary.skipped[reason] = summary.skipped.get(reason, 0) + n
     user_fields = _user_fields(metadata, [e.id for e in entries], records, old)
 
-    ids, rows, vectors_new, new_records, meta = [], [], [], [], []
+    ids, vectors_new, new_records, meta = [], [], [], []
     old_vectors = old.vectors() if old and (len(entries) - len(delta)) else None
     delta_ids = {e.id for e in delta}
     for e in entries:
@@ -304,7 +304,7 @@ def _materialise(work, delta):
     if delta[0].b64 is not None:
         path = os.path.join(work, "delta.tsv")
         text = "".join(f"{e.id}\t{e.b64}\n" for e in delta)
-        if not os.path.isfile(path) or open(path, encoding="utf-8").read() != text:
+        if not os.path.isfile(path) or _read_text(path) != text:
             write_text_atomic(path, text)
         return path
     root = os.path.join(work, "images")
@@ -319,6 +319,11 @@ def _materialise(work, delta):
             os.makedirs(os.path.dirname(link), exist_ok=True)
             os.symlink(target, link)
     return root
+
+
+def _read_text(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def _read_json(path):

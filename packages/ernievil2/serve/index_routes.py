@@ -20,6 +20,7 @@ import binascii
 import collections
 import threading
 import time
+from typing import Optional
 
 from fastapi import APIRouter, Query, Request
 
@@ -178,7 +179,7 @@ def index_router(host, max_batch=64, max_upload_bytes=10 << 20):
         return {"results": results, "seconds": round(time.perf_counter() - start, 4)}
 
     @router.get("/duplicates")
-    async def duplicates(threshold: float = Query(..., ge=-1.0, le=1.0), id: str = None):  # noqa: A002
+    async def duplicates(threshold: float = Query(..., ge=-1.0, le=1.0), id: Optional[str] = None):
         index = host.current_index()
         key = (index.dir, index.version, threshold)
         groups = duplicates_cache.get(key)
