@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ernievil2.errors import InputError
+from ernievil2.errors import ConfigError, InputError
 from ernievil2.search.index import SearchIndex, build_index
 
 pytest.importorskip("faiss", reason="faiss-cpu is not installed")
@@ -153,6 +153,21 @@ def test_sync_of_a_tsv_gallery(tiny, tmp_path):
     synced = SearchIndex(str(tmp_path / "index"))
     assert_same_index(synced, fresh, queries_of(fresh))
     assert synced.gallery_reader().image_bytes("img25") == base64.b64decode(row(25, 25).split("\t")[1])
+    # user fields from --metadata: filterable, kept by later syncs, replaced by the next --metadata
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text("".join(json.dumps({"id": f"img{i:02d}", "colour": "red" if i % 3 else "blue", "rank": i}) + "\n"
+                            for i in (0, 1, 2, 3, 12, 25)))
+    summary = sync(tiny, tmp_path / "index", metadata=str(meta), encoder=Encoder(fail_after=0))
+    assert summary.published and summary.embedded == 0
+    for _ in range(2):
+        index = SearchIndex(str(tmp_path / "index"))
+        hits = index.search(np.asarray(index.vectors()[:1]), 25, where={"colour": "red", "rank": {"gte": 2}})[0]
+        assert sorted(h[0] for h in hits) == ["img02", "img25"]
+        sync(tiny, tmp_path / "index", encoder=Encoder(fail_after=0))
+    (tmp_path / "meta.tsv").write_text("img01\tno fields here\n")
+    sync(tiny, tmp_path / "index", metadata=str(tmp_path / "meta.tsv"), encoder=Encoder(fail_after=0))
+    with pytest.raises(ConfigError, match="unknown filter field 'colour'"):
+        SearchIndex(str(tmp_path / "index")).search(np.asarray(fresh.vectors()[:1]), 3, where={"colour": "red"})
 
 
 def test_sync_of_an_ivf_pq_index_stays_within_its_recall(tiny, tmp_path):
