@@ -284,17 +284,21 @@ def _embed(config, overrides, work, src, delta, index_dir, encoder):
         embedded = 0
         reused = len(delta)  # the delta.npz of an interrupted sync, complete
     else:
+        embedded = None  # counted from the output below
         if os.path.exists(stamp_file):
             os.remove(stamp_file)
         try:
             result = run_embed(cfg, encoder=encoder)
-            embedded, reused = result.embedded - result.reused_items, result.reused_items
+            # (the summary's name for "items of chunks an earlier run finished"; infer/ is being reworked)
+            reused = getattr(result, "reused_items", None)
+            reused = getattr(result, "reused", 0) if reused is None else reused
         except InputError as e:
             if "nothing to embed" not in str(e):  # every new image was bad (skipped): nothing to add
                 raise
             return cfg, {}, (0, 0, time.time() - start)
         write_text_atomic(stamp_file, json.dumps({"stamp": stamp}))
     ids, vectors, _, _ = read_gallery(output)
+    embedded = max(0, len(ids) - reused) if embedded is None else embedded
     return cfg, dict(zip(ids, vectors)), (embedded, reused, time.time() - start)
 
 
