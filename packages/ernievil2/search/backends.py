@@ -44,6 +44,16 @@ class FaissStore:
         index.add(vectors)
         return cls(index, kind)
 
+    def refilled(self, vectors):
+        """A trained ivf_pq index holding `vectors` instead of its own (its quantizers kept: a sync does not
+        retrain); other kinds are built anew."""
+        if self.kind != "ivf_pq":
+            return FaissStore.build(self.kind, vectors)
+        index = _faiss().clone_index(self.index)
+        index.reset()
+        index.add(np.ascontiguousarray(vectors, np.float32))
+        return FaissStore(index, self.kind)
+
     @classmethod
     def load(cls, path, manifest):
         if not os.path.isfile(path):
@@ -53,29 +63,50 @@ class FaissStore:
     def save(self, directory):
         _faiss().write_index(self.index, os.path.join(directory, "index.faiss"))
 
-    def search(self, queries, k):
+    def search(self, queries, k, rows=None):
+        """(scores [q, k], rows [q, k]); `rows` (flat only): search just these rows (sorted), -1 filling the
+        places when fewer match: a few queries as one masked matrix product, more through a faiss ID selector."""
         queries = np.ascontiguousarray(queries, np.float32)
+        if rows is not None:
+            if self.kind != "flat":
+                raise ConfigError("an ID selector search needs an exact (flat) index")
+            if len(queries) <= FLAT_BLAS_QUERIES:
+                return self._flat_search(queries, k, rows)
+            faiss = _faiss()
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(rows, np.int64))
+            return self.index.search(queries, k, params=faiss.SearchParameters(sel=selector))
         if self.kind == "flat" and len(queries) <= FLAT_BLAS_QUERIES:
             return self._flat_search(queries, k)
         return self.index.search(queries, k)
 
-    def _flat_search(self, queries, k):
+    def flat_vectors(self):
+        """The stored vectors [N, D] of a flat index (a view, no copy)."""
+        n = self.index.ntotal
+        return _faiss().rev_swig_ptr(self.index.get_xb(), n * self.index.d).reshape(n, self.index.d)
+
+    def _flat_search(self, queries, k, rows=None):
         """Exact search of a few queries as one matrix product over the stored vectors: faiss splits its exact
         search over queries, so a single query ran on one core; the product uses every core (README: "Measured
-        results").  Same results; ties at the k-th score are ordered by the caller."""
-        n = self.index.ntotal
-        vectors = _faiss().rev_swig_ptr(self.index.get_xb(), n * self.index.d).reshape(n, self.index.d)
+        results").  Same results; ties at the k-th score are ordered by the caller.  rows: only these compete
+        (a small subset is gathered, a large one masked)."""
+        n, vectors = self.index.ntotal, self.flat_vectors()
+        if rows is not None and len(rows) * 8 <= n:
+            top_scores, top = _top_k(queries @ vectors[rows].T, k)
+            return top_scores, np.asarray(rows, np.int64)[top]
         scores = queries @ vectors.T  # [q, n]
-        k = min(k, n)
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(queries), 1))
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1).astype(np.int64)
+        if rows is not None:
+            masked = np.full(n, -np.inf, np.float32)
+            masked[rows] = 0.0
+            scores += masked
+            k = min(k, len(rows))
+        top_scores, top = _top_k(scores, k)
+        return top_scores, top.astype(np.int64)
 
     def parameter_ladder(self):
         if self.kind == "ivf_pq":
             nlist = _faiss().downcast_index(self.index.base_index).nlist
-            probes = sorted({min(2 ** i, nlist) for i in range(2, int(math.log2(nlist)) + 2)})
+            probes = sorted({min(2 ** i, nlist) for i in range(2, int(math.log2(nlist)) + 2)} | {nlist}) \
+                if nlist < 4 else sorted({min(2 ** i, nlist) for i in range(2, int(math.log2(nlist)) + 2)})
             return [{"nprobe": p, "k_factor": k} for p in probes for k in (4, 16, 64)]
         return LADDERS.get(self.kind, [{}])
 
@@ -86,6 +117,16 @@ class FaissStore:
             _faiss().downcast_index(self.index.base_index).nprobe = int(params["nprobe"])
         if "k_factor" in params:
             self.index.k_factor = float(params["k_factor"])
+
+
+def _top_k(scores, k):
+    """(scores, columns) of the k best of each row of scores [q, n], best first."""
+    n = scores.shape[1]
+    k = min(k, n)
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(scores), 1))
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1)
 
 
 def _ivf_pq(faiss, vectors, seed):
@@ -109,14 +150,18 @@ def _ivf_pq(faiss, vectors, seed):
 
 
 class MilvusStore:
-    """One Milvus collection: primary key `row` (the position in ids.json), a FLAT inner-product index."""
+    """One Milvus collection: primary key `id` (the item's id), a FLAT inner-product index, and the item's
+    filterable metadata as dynamic fields.  Keyed by id so that a sync upserts and deletes items in place."""
 
-    def __init__(self, uri, collection, dim):
+    ID_LENGTH = 4096
+
+    def __init__(self, uri, collection, dim, ids=()):
         try:
             from pymilvus import MilvusClient
         except ImportError:
             raise RuntimeSupportError("pymilvus is not installed: pip install -e \".[milvus]\"") from None
         self.collection, self.dim = collection, dim
+        self.row_of = {item_id: row for row, item_id in enumerate(ids)}
         # Milvus Lite's embedded server logs a harmless "Method not implemented" (AllocTimestamp) as an error.
         logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         try:
@@ -124,35 +169,60 @@ class MilvusStore:
         except Exception as e:  # noqa: BLE001 - connection and URI errors come in many classes
             raise ConfigError(f"--uri {uri}: cannot connect to Milvus ({type(e).__name__}: {e})") from None
 
-    def create(self, vectors):
+    def create(self, ids, vectors, fields=None):
+        """A new collection holding these items (the collection name is the index's own: see index.py)."""
         from pymilvus import DataType, MilvusClient
         if self.client.has_collection(self.collection):
-            self.client.drop_collection(self.collection)
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("row", DataType.INT64, is_primary=True)
+            raise ConfigError(f"Milvus already has a collection {self.collection!r}; an index never reuses another "
+                              f"index's collection")
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=self.ID_LENGTH)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         index_params = self.client.prepare_index_params()
         index_params.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
         self.client.create_collection(self.collection, schema=schema, index_params=index_params)
-        for start in range(0, len(vectors), INSERT_BATCH):
-            block = vectors[start:start + INSERT_BATCH]
-            self.client.insert(self.collection, [{"row": start + i, "vector": v.tolist()} for i, v in enumerate(block)])
-        self.client.flush(self.collection)
+        self.upsert(ids, vectors, fields, insert=True)
         self.client.load_collection(self.collection)
+
+    def upsert(self, ids, vectors, fields=None, insert=False):
+        write = self.client.insert if insert else self.client.upsert
+        for start in range(0, len(ids), INSERT_BATCH):
+            rows = []
+            for i in range(start, min(len(ids), start + INSERT_BATCH)):
+                if len(ids[i].encode("utf-8")) > self.ID_LENGTH:
+                    raise ConfigError(f"id {ids[i][:60]!r}...: Milvus ids are limited to {self.ID_LENGTH} bytes")
+                extra = fields[i] if fields is not None and isinstance(fields[i], dict) else {}
+                rows.append({**{k: v for k, v in extra.items() if k not in ("id", "vector")},
+                             "id": ids[i], "vector": vectors[i].tolist()})
+            if rows:
+                write(self.collection, rows)
+        self.client.flush(self.collection)
+
+    def delete(self, ids):
+        for start in range(0, len(ids), INSERT_BATCH):
+            self.client.delete(self.collection, ids=list(ids[start:start + INSERT_BATCH]))
+        self.client.flush(self.collection)
+
+    def drop(self):
+        if self.client.has_collection(self.collection):
+            self.client.drop_collection(self.collection)
 
     def save(self, directory):
         pass  # the vectors live in Milvus; the directory keeps ids, metadata and the manifest
 
-    def search(self, queries, k):
+    def search(self, queries, k, expression=""):
+        """(scores [q, k], rows [q, k]); a hit whose id this index does not list (a sync in progress) is left
+        out (row -1)."""
         if not self.client.has_collection(self.collection):
             raise ConfigError(f"Milvus has no collection {self.collection!r}; build the index again")
         results = self.client.search(self.collection, data=[q.tolist() for q in queries], limit=k,
-                                     search_params={"metric_type": "IP"}, output_fields=["row"])
+                                     filter=expression or "", search_params={"metric_type": "IP"},
+                                     output_fields=["id"])
         scores = np.full((len(queries), k), -np.inf, np.float32)
         rows = np.full((len(queries), k), -1, np.int64)
         for i, hits in enumerate(results):
             for j, hit in enumerate(hits[:k]):
-                scores[i, j], rows[i, j] = hit["distance"], hit["row"]
+                scores[i, j], rows[i, j] = hit["distance"], self.row_of.get(hit["id"], -1)
         return scores, rows
 
     def parameter_ladder(self):
@@ -162,13 +232,13 @@ class MilvusStore:
         pass
 
 
-def open_store(backend, uri, collection, dim, create_with=None):
-    """The Milvus store of an index (created from (ids, vectors) when given)."""
+def open_store(backend, uri, collection, dim, ids=(), create_with=None):
+    """The Milvus store of an index (created from (ids, vectors, fields) when given)."""
     if backend != "milvus":
         raise ConfigError(f"--backend must be faiss or milvus, got {backend!r}")
     if not uri:
         raise ConfigError("--backend milvus needs --uri (a local file for Milvus Lite, or http://host:19530)")
-    store = MilvusStore(uri, collection, dim)
+    store = MilvusStore(uri, collection, dim, ids)
     if create_with is not None:
-        store.create(create_with[1])
+        store.create(*create_with)
     return store

@@ -3,6 +3,7 @@ them with the shared Service, the guards (Host check, body limit), metrics and t
 
     GET  /search?text=...&k=10      POST /search (an image upload)     GET /image?id=...&size=256
     GET  /healthz   GET /metrics    POST /admin/reload (loopback)       POST /v1/embeddings (OpenAI shape)
+    GET  /search/fields   POST /search/query   POST /search/batch   GET /duplicates   (index_routes.py)
     GET  /          (the web page)
 
 Every error is JSON `{"error": message}` (under /v1/: OpenAI's `{"error": {"message", "type", ...}}`) with no
@@ -25,6 +26,7 @@ def create_app(model, index_dir, settings=None):
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
 
+    from .index_routes import index_router
     from .routes_admin import admin_router
     from .routes_openai import embeddings_router
     from .routes_search import search_router
@@ -44,7 +46,8 @@ def create_app(model, index_dir, settings=None):
 
     app = FastAPI(title="ERNIE-ViL 2.0 search", docs_url="/docs", lifespan=lifespan)
     app.state.service = service
-    routers = [search_router(service), admin_router(service, metrics), embeddings_router(service)]
+    routers = [search_router(service), admin_router(service, metrics), embeddings_router(service),
+               index_router(ServiceHost(service), max_upload_bytes=settings.max_upload_bytes)]
     for router in routers:
         app.include_router(router)
     paths = frozenset(route.path for router in routers for route in router.routes)
@@ -67,6 +70,24 @@ def create_app(model, index_dir, settings=None):
                        max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)
     return app
+
+
+class ServiceHost:
+    """The living-index routes' host (index_routes.py) on the Service: its model, the index snapshot current
+    when asked, its worker pool with the model lock, and its error type."""
+
+    def __init__(self, service):
+        self.service = service
+        self.model = service.model
+
+    def current_index(self):
+        return self.service.live.current.index
+
+    async def run(self, fn, *args):
+        return await self.service.run(self.service.encode, fn, *args)
+
+    def error(self, status, message):
+        return ServiceError(status, message)
 
 
 def error_response(path, status, message, headers=None, param=None):
