@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import HTMLResponse, Response
 
 from ..data.images import decode_image
-from ..errors import InputError
+from ..errors import BadImageError, InputError
 from ..search.query import search
 from .service import ServiceError
 from .thumbnails import DEFAULT_SIDE, MAX_SIDE
@@ -75,7 +75,9 @@ def search_router(service):
         def draw():
             try:
                 return service.thumbnails.get(gallery, id, size)
-            except InputError:
+            except BadImageError as e:  # the gallery's file, not the request, is bad
+                raise ServiceError(404, f"image {id!r} cannot be shown: {e}") from None
+            except InputError:  # e.g. the gallery changed since the build: the service's 409
                 raise
             except (ValueError, OSError) as e:
                 reason = getattr(e, "strerror", None) or e
