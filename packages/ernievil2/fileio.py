@@ -34,9 +34,29 @@ def atomic_path(path):
     tmp = temp_path_for(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         _remove(tmp)
+
+
+class AtomicFile:
+    """A binary file written under a temporary name beside `path`: `publish()` renames it onto `path` once complete,
+    `discard()` (also after publish: a no-op) removes it.  For outputs written piece by piece over a long run."""
+
+    def __init__(self, path):
+        self.path, self.tmp = path, temp_path_for(path)
+        self.file = open(self.tmp, "wb")
+
+    def write(self, data):
+        self.file.write(data)
+
+    def publish(self):
+        self.file.close()
+        publish(self.tmp, self.path)
+
+    def discard(self):
+        self.file.close()
+        _remove(self.tmp)
 
 
 def atomic_write(path, write_fn):
@@ -44,6 +64,30 @@ def atomic_write(path, write_fn):
     with atomic_path(path) as tmp:
         write_fn(tmp)
     return path
+
+
+def publish(tmp, path):
+    """Rename a complete temporary file onto `path`; its bytes are on disk first (fsync), and so is the rename
+    (fsync of the folder), so that a crash never leaves a complete-looking file with missing bytes."""
+    if os.path.isfile(tmp):
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def fsync_dir(directory):
+    """Make the renames in `directory` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path, text, encoding="utf-8"):

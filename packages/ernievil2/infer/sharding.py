@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError
 from ..fileio import NpzWriter, remove_stale_temps
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: one chunk layout for every job (infer.job)
 WAIT_STEP = 0.5
 
 
