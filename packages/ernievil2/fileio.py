@@ -98,7 +98,8 @@ def write_text_atomic(path, text, encoding="utf-8"):
     return atomic_write(path, write)
 
 
-def _process_alive(pid):
+def process_alive(pid):
+    """Whether a process of this host with this id exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -122,7 +123,7 @@ def remove_stale_temps(path):
     removed = []
     for name in names:
         match = pattern.match(name)
-        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
             _remove(os.path.join(directory, name))
             removed.append(os.path.join(directory, name))
     return removed

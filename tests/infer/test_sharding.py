@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from faults import fault_env
 
 from conftest import REPO
 
@@ -84,10 +85,10 @@ def test_sigkill_of_one_rank_then_resume_gives_the_same_output(job):
     run_infer(config, tmp / "ref" / "emb.out")
     out = tmp / "killed" / "emb.out"
     work = tmp / "killed" / "emb.out.work"
-    slow = {"ERNIEVIL2_SLOW_CHUNKS": "0.4"}  # seconds per chunk, so that the kill lands mid-run
+    slow = fault_env(ENV, ERNIEVIL2_SLOW_CHUNKS=0.4)  # seconds per chunk, so that the kill lands mid-run
     cmd = ["bash", os.path.join(REPO, "run_infer.sh"), "--nproc_per_node", "2", "--log_dir", str(tmp / "log"),
            "cpu", str(config), "-o", f"output_file={out}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**ENV, **slow}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=slow, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (work.is_dir() and len(list(work.glob("chunk_*.npz"))) >= 3):
@@ -109,7 +110,7 @@ def test_sigkill_of_one_rank_then_resume_gives_the_same_output(job):
 def test_stale_chunks_are_refused_and_not_mixed_in(job):
     config, tmp = job
     out = tmp / "run" / "emb.out"
-    run_infer(config, out, env={"ERNIEVIL2_STOP_AFTER_CHUNKS": "4"}, check=False)  # leaves 4 chunks
+    run_infer(config, out, env=fault_env(ENV, ERNIEVIL2_STOP_AFTER_CHUNKS=4), check=False)  # leaves 4 chunks
     assert len(list((tmp / "run" / "emb.out.work").glob("chunk_*.npz"))) == 4
     changed = run_infer(config, out, overrides=["max_text_seqlen=20"])  # another config: old chunks are stale
     assert "refused 4 chunk(s)" in changed.stdout and "reused" not in changed.stdout

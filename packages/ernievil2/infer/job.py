@@ -117,14 +117,14 @@ def _embed_chunks(job, run, chunks):
     progress = _progress(job, total=sum(run.rows(c)[1] - run.rows(c)[0] for c in chunks))
     try:
         job.prepare()
-        for done, chunk in enumerate(chunks, 1):
+        for chunk in chunks:
             policy, counts = BadRowPolicy(job.options.on_bad_row), {}
 
             def fill(writer):
                 read, written = job.fill(*run.rows(chunk), writer, policy, counts, progress, pool)
                 return {"read": read, "written": written, "counts": counts,
                         "skipped": [[b.path, b.line, b.reason] for b in policy.skipped]}
-            run.write_chunk(chunk, job.matrices, job.strings, fill, done)
+            run.write_chunk(chunk, job.matrices, job.strings, fill)
     finally:
         progress.close()
         pool.terminate()

@@ -104,9 +104,8 @@ class ChunkedRun:
         todo = [c for c in self.mine() if self.meta(c) is None]
         return stale, todo, sum(self.rows(c)[1] - self.rows(c)[0] for c in self.mine() if c not in todo)
 
-    def write_chunk(self, chunk, matrices, strings, fill, done):
-        """Write one chunk atomically: fill(writer) adds its rows (writer.add) and returns its metadata; `done`:
-        how many chunks this rank has written with it (for after_chunk)."""
+    def write_chunk(self, chunk, matrices, strings, fill):
+        """Write one chunk atomically: fill(writer) adds its rows (writer.add) and returns its metadata."""
         os.makedirs(self.work_dir, exist_ok=True)
         writer = NpzWriter(self.path(chunk), matrices=matrices, strings=strings)
         try:
@@ -114,7 +113,6 @@ class ChunkedRun:
             writer.finish(extra={"meta": np.array(json.dumps({**meta, "fingerprint": self.stamp}))})
         finally:
             writer.cleanup()
-        after_chunk(done)
 
     def wait_for_all(self, progress_timeout=3600.0):
         """Block until every chunk is done (rank 0, before merging); fail when none appears for a long time."""
@@ -150,15 +148,3 @@ class ChunkedRun:
 def leftover_chunks(output_file):
     """Chunk files of earlier runs of this output (to report what a resumed run found)."""
     return glob.glob(os.path.join(os.path.abspath(output_file) + ".work", "chunk_*.npz"))
-
-
-def after_chunk(done):
-    """Fault injection for the resume tests: ERNIEVIL2_SLOW_CHUNKS=S sleeps S seconds after each chunk;
-    ERNIEVIL2_STOP_AFTER_CHUNKS=N SIGKILLs this process once it has written N chunks."""
-    slow = os.environ.get("ERNIEVIL2_SLOW_CHUNKS")
-    if slow:
-        time.sleep(float(slow))
-    stop = os.environ.get("ERNIEVIL2_STOP_AFTER_CHUNKS")
-    if stop and done >= int(stop):
-        import signal
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -302,7 +302,6 @@ class Trainer:
                     self._log({"step": self.step, "dev": self.evaluate()}, progress)
                 if cfg.schedule.save_every and self.step % cfg.schedule.save_every == 0:
                     self.save_checkpoint()
-                _crash_if_asked(self.step)
         finally:
             if progress:
                 progress.close()
@@ -436,14 +435,6 @@ class Trainer:
                 self.vdl.close()
         dist.barrier()
         return final
-
-
-def _crash_if_asked(step):
-    """Fault injection for the kill-and-resume test: ERNIEVIL2_KILL_AT_STEP=N SIGKILLs the process after step N."""
-    at = os.environ.get("ERNIEVIL2_KILL_AT_STEP")
-    if at and int(at) == step:
-        import signal
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _identities(batch):
