@@ -14,9 +14,9 @@ from ..data.tsv import BadRow
 from ..errors import ConfigError, InputError
 from ..fileio import NpzWriter
 from .engines import make_encoder
+from .job import ChunkedJob, run_job
 from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
-from .job import ChunkedJob, run_job
 from .sharding import config_fingerprint
 from .workers import prefetched, prepare_images, prepare_texts, start_pool
 

@@ -15,8 +15,8 @@ from ..errors import InputError
 from ..eval.sidecar import TEXT_FILE_CHECK, sidecar_path_for, sidecar_writer
 from ..fileio import AtomicFile, remove_stale_temps
 from .engines import make_encoder
-from .options import VOCAB_HELP, WEIGHTS_HELP, engine_options, output_options, pipeline_options
 from .job import ChunkedJob, run_job
+from .options import VOCAB_HELP, WEIGHTS_HELP, engine_options, output_options, pipeline_options
 from .pipeline import iter_embeddings
 from .sharding import config_fingerprint, file_stamp
 
