@@ -5,7 +5,7 @@ Python imports `sitecustomize` at start-up from the path, so a process started w
 environment).  The functions below are wrapped when their module is first imported:
 
 ERNIEVIL2_KILL_AT_STEP=N       SIGKILL a training process after step N (and its checkpoint), before step N+1.
-ERNIEVIL2_SLOW_CHUNKS=S        sleep S seconds after each chunk an inference rank writes.
+ERNIEVIL2_SLOW_CHUNKS=S        sleep S seconds before each chunk an inference rank writes.
 ERNIEVIL2_STOP_AFTER_CHUNKS=N  SIGKILL an inference rank once it has written N chunks.
 """
 import functools
@@ -43,10 +43,10 @@ def _patch_chunks(module):
 
     @functools.wraps(write_chunk)
     def faulty_write_chunk(self, *args, **kwargs):
+        if slow:  # before the chunk is written: a kill meanwhile leaves a claimed, unfinished chunk
+            time.sleep(float(slow))
         result = write_chunk(self, *args, **kwargs)
         written[0] += 1
-        if slow:
-            time.sleep(float(slow))
         if stop and written[0] >= int(stop):
             _kill_self()
         return result

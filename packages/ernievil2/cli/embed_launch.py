@@ -3,6 +3,8 @@ several ranks; the launcher runs a file, not a module, so this file uses absolut
 import sys
 
 from ernievil2.cli.gallery import embed_main
+from ernievil2.runtime import die_with_parent
 
 if __name__ == "__main__":
+    die_with_parent()  # a rank ends with its launcher (kill -KILL of run_*.sh's process group included)
     sys.exit(embed_main())

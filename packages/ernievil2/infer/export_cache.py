@@ -6,8 +6,8 @@ import logging
 import os
 
 from .. import runtime
-from ..fileio import cache_home
-from ..interop.export import export_towers, read_export_meta
+from ..fileio import cache_home, exclusive
+from ..interop.export import ensure_onnx, export_towers, read_export_meta
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def prepare_paddle(device, cpu_threads):
         runtime.set_cpu_threads(cpu_threads)
 
 
-def cached_export(options, device):
+def cached_export(options, device, onnx=False):
     """Export the towers of the options' model once and reuse them: keyed by the weights file (path, size, mtime)
     and the model configuration."""
     weights = os.path.abspath(options.weights)
@@ -44,12 +44,16 @@ def cached_export(options, device):
     key = json.dumps([EXPORT_CACHE_VERSION, weights, st.st_size, st.st_mtime_ns, options.vision_model, text_config,
                       options.image_size], sort_keys=True, default=str)
     out_dir = os.path.join(cache_home(), "exported", hashlib.sha1(key.encode()).hexdigest()[:16])
-    try:
-        read_export_meta(out_dir)
-        return out_dir
-    except (OSError, ValueError):
-        pass
-    logger.warning("exporting the towers for Paddle Inference into %s (once per weights file)", out_dir)
-    prepare_paddle(device, options.cpu_threads)
-    export_towers(load_model(options), out_dir, extra_meta={"source_weights": weights})
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    # One process exports (and converts to ONNX) at a time: the ranks of a run share this folder, and a second
+    # export swapped in while the first process writes its ONNX copies would remove them.
+    with exclusive(out_dir + ".lock"):
+        try:
+            read_export_meta(out_dir)
+        except (OSError, ValueError):
+            logger.warning("exporting the towers for Paddle Inference into %s (once per weights file)", out_dir)
+            prepare_paddle(device, options.cpu_threads)
+            export_towers(load_model(options), out_dir, extra_meta={"source_weights": weights})
+        if onnx:
+            ensure_onnx(out_dir)
     return out_dir

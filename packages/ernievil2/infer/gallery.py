@@ -17,7 +17,7 @@ from .engines import make_encoder
 from .job import ChunkedJob, run_job
 from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
-from .sharding import config_fingerprint
+from .sharding import config_fingerprint, source_hash
 from .workers import prefetched, prepare_images, prepare_texts, start_pool
 
 GALLERY_KEYS = {
@@ -106,7 +106,7 @@ class GalleryJob(ChunkedJob):
         self.source = image_source(src) if self.kind == "images" else text_source(src)
         self.noun = self.kind[:-1]
         self.strings = ("ids", "texts") if self.kind == "texts" else ("ids",)
-        super().__init__(cfg.output_file, config_fingerprint(cfg, self.source.stamp()), self.source.count,
+        super().__init__(cfg.output_file, config_fingerprint(cfg, source_hash(self.source)), self.source.count,
                          cfg.chunk_rows, pipeline_options(cfg), cfg.bad_row_log, cfg.progress)
         self.cfg, self.encoder, self.tokenizer = cfg, encoder, None
 

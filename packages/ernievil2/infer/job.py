@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..data.tsv import BadRow, BadRowPolicy
 from ..fileio import remove_stale_temps
-from .sharding import ChunkedRun, current_rank
+from .sharding import ChunkedRun, current_rank, fingerprint
 from .workers import start_pool
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class ChunkedJob:
         self.progress = progress
 
     def prepare(self):
-        """Before this rank's first chunk (the worker pool is already starting): load the model."""
+        """Before any chunk (the worker pool is already starting): load the model into `self.encoder`."""
 
     def fill(self, first, stop, writer, policy, counts, progress, pool):
         """Embed items [first, stop) into writer.add(...); bad ones go to `policy`; add the job's own counts to
@@ -92,43 +92,76 @@ class ChunkedJob:
 
 
 def run_job(job):
-    """Run a ChunkedJob on this rank (infer.sharding): embed its share of the chunks, reusing those an earlier run
-    of the same input, config and weights finished; rank 0 then merges every chunk.  Returns a ChunkSummary."""
+    """Run a ChunkedJob in this process (infer.sharding): load the model, then claim and embed chunks until none is
+    left, reusing those an earlier run of the same input, config, weights and engine finished; rank 0 then waits for
+    the chunks other processes hold and merges every chunk.  Returns a ChunkSummary."""
     start = time.time()
     rank, world = current_rank()
-    run = ChunkedRun(job.output_file, job.stamp, job.total, job.chunk_rows, rank, world)
     summary = ChunkSummary(noun=job.noun, verb=job.verb, output_file=job.output_file, rank=rank, world=world)
-    summary.stale_chunks, todo, summary.reused = run.plan()
+    run = None
     try:
-        if todo:
-            _embed_chunks(job, run, todo)
+        run = _embed_share(job, summary, rank, world)
         if rank == 0:
-            run.wait_for_all()
-            _merge(job, run, summary)
-            run.remove()
+            if run.claim_merge():
+                _merge(job, run, summary)
+                run.remove()
+            else:
+                summary.notes.append("another run of the same job merged the chunks into the output")
     finally:
-        run.remove_if_empty()
+        if run is not None:
+            run.remove_if_empty()
     summary.seconds = time.time() - start
     return summary
 
 
-def _embed_chunks(job, run, chunks):
+def _embed_share(job, summary, rank, world):
+    """Load the model, open the work folder and embed the chunks this process claims (rank 0: until every chunk is
+    done); returns the ChunkedRun."""
     pool = start_pool(job.options)  # first: the workers start while the model loads here
-    progress = _progress(job, total=sum(run.rows(c)[1] - run.rows(c)[0] for c in chunks))
+    progress = None
     try:
         job.prepare()
-        for chunk in chunks:
-            policy, counts = BadRowPolicy(job.options.on_bad_row), {}
-
-            def fill(writer):
-                read, written = job.fill(*run.rows(chunk), writer, policy, counts, progress, pool)
-                return {"read": read, "written": written, "counts": counts,
-                        "skipped": [[b.path, b.line, b.reason] for b in policy.skipped]}
-            run.write_chunk(chunk, job.matrices, job.strings, fill)
+        # What ran is part of the fingerprint: a resumed run never mixes devices, engines or precisions.
+        run = ChunkedRun(job.output_file, fingerprint(job=job.stamp, ran=ran_by(job.encoder)), job.total,
+                         job.chunk_rows, rank, world)
+        summary.stale_chunks, summary.reused = run.start()
+        progress = _progress(job, total=job.total - summary.reused)
+        try:
+            while True:
+                chunk = run.claim_next()
+                if chunk is None:
+                    if rank != 0 or run.done() == run.count:
+                        return run
+                    run.wait()  # for chunks other processes hold (claim_next takes over those of dead ones)
+                    continue
+                _embed_chunk(job, run, chunk, progress, pool)
+                run.release()
+        except BaseException:
+            run.remove_if_empty()
+            raise
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         pool.terminate()
         pool.join()
+
+
+def ran_by(encoder):
+    """The device, engine and precision an encoder runs (its infer.plan.EnginePlan, or what it says of itself)."""
+    plan = getattr(encoder, "plan", None)
+    if plan is not None:
+        return plan.describe()
+    return {"engine": type(encoder).__name__, "precision": getattr(encoder, "precision", None)}
+
+
+def _embed_chunk(job, run, chunk, progress, pool):
+    policy, counts = BadRowPolicy(job.options.on_bad_row), {}
+
+    def fill(writer):
+        read, written = job.fill(*run.rows(chunk), writer, policy, counts, progress, pool)
+        return {"read": read, "written": written, "counts": counts,
+                "skipped": [[b.path, b.line, b.reason] for b in policy.skipped]}
+    run.write_chunk(chunk, job.matrices, job.strings, fill)
 
 
 def _merge(job, run, summary):

@@ -51,7 +51,7 @@ def plan_engine(options):
         raise InputError(f"init_from_params: file not found: {options.weights}. {WEIGHTS_HELP}")
     model_dir = meta = None
     if any(engine != "eager" for engine in engines):
-        model_dir = options.inference_model_dir or cached_export(options, device)
+        model_dir = options.inference_model_dir or cached_export(options, device, onnx="openvino" in engines)
         meta = read_export_meta(model_dir)
     return [EnginePlan(device, engine, precision, None if engine == "eager" else model_dir,
                        None if engine == "eager" else meta, options) for engine, precision in zip(engines, modes)]

@@ -18,7 +18,7 @@ from .engines import make_encoder
 from .job import ChunkedJob, run_job
 from .options import VOCAB_HELP, WEIGHTS_HELP, engine_options, output_options, pipeline_options
 from .pipeline import iter_embeddings
-from .sharding import config_fingerprint, file_stamp
+from .sharding import config_fingerprint, content_hash
 
 
 def format_vector(vec):
@@ -73,7 +73,7 @@ class PairsJob(ChunkedJob):
     def __init__(self, cfg, tokenizer, encoder=None):
         out = output_options(cfg)
         self.index = RowIndex(out.test_file, what="test_file")
-        super().__init__(out.output_file, config_fingerprint(cfg, [file_stamp(f) for f in self.index.files]),
+        super().__init__(out.output_file, config_fingerprint(cfg, [content_hash([f]) for f in self.index.files]),
                          len(self.index), cfg.chunk_rows, pipeline_options(cfg), out.bad_row_log, out.progress)
         self.cfg, self.tokenizer, self.encoder = cfg, tokenizer, encoder
         self.sidecar_path = sidecar_path_for(out.output_file) if out.write_sidecar else None

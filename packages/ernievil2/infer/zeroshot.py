@@ -23,7 +23,7 @@ from .gallery import ItemCounts, batched, iter_image_embeddings
 from .job import ChunkedJob, run_job
 from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
-from .sharding import config_fingerprint
+from .sharding import config_fingerprint, source_hash
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class ZeroShotJob(ChunkedJob):
         self.labels = read_labels(cfg.labels)
         self.templates = read_templates(cfg.templates) if cfg.templates else ZEROSHOT_TEMPLATES
         self.source = image_source(cfg.images, labelled=True)
-        stamp = config_fingerprint(cfg, [self.source.stamp(), self.labels, self.templates])
+        stamp = config_fingerprint(cfg, [source_hash(self.source), self.labels, self.templates])
         super().__init__(cfg.output_file, stamp, self.source.count, cfg.chunk_rows, pipeline_options(cfg),
                          cfg.bad_row_log, cfg.progress)
         self.cfg, self.encoder = cfg, encoder

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..fileio import remove_stale_temps, temp_path_for, write_text_atomic
+from ..fileio import recover_folder, remove_stale_temps, swap_in_folder, temp_path_for, write_text_atomic
 from .backends import FaissStore, open_store
 from .gallery_access import GalleryReader, describe_gallery, tsv_offsets
 from .gallery_file import read_gallery
@@ -126,6 +126,7 @@ class SearchIndex:
 
 
 def read_manifest(index_dir):
+    recover_folder(index_dir)  # a build that crashed between the two renames of its swap left the old index aside
     path = os.path.join(index_dir, MANIFEST)
     if not os.path.isfile(path):
         raise InputError(f"{index_dir}: not a search index ({MANIFEST} missing); build one with "
@@ -217,10 +218,11 @@ def _collection_name(index_dir):
 def _write(index_dir, store, ids, metadata, manifest, offsets=None):
     """Stage everything in a sibling directory, then swap it in: readers see the old index or the new one."""
     index_dir = os.path.abspath(index_dir)
+    recover_folder(index_dir)  # an earlier build that crashed between the two renames of its swap
     if os.path.exists(index_dir) and os.listdir(index_dir) and not os.path.isfile(os.path.join(index_dir, MANIFEST)):
         raise ConfigError(f"{index_dir}: exists and is not a search index; refusing to replace it")
     remove_stale_temps(index_dir)
-    stage, old = temp_path_for(index_dir, ".partial"), temp_path_for(index_dir, ".old")
+    stage = temp_path_for(index_dir, ".partial")
     os.makedirs(stage)
     try:
         store.save(stage)
@@ -231,10 +233,7 @@ def _write(index_dir, store, ids, metadata, manifest, offsets=None):
         if offsets is not None:
             np.save(os.path.join(stage, "gallery_offsets.npy"), offsets)
         write_text_atomic(os.path.join(stage, MANIFEST), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        if os.path.exists(index_dir):
-            os.replace(index_dir, old)
-        os.replace(stage, index_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in_folder(stage, index_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

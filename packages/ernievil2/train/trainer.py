@@ -28,7 +28,7 @@ from ..interop.convert import load_any_layout
 from ..model.configs import ModelConfig
 from ..model.dual_encoder import ErnieViL2
 from ..model.weights import save_weights, state_arrays
-from ..runtime import gpu_count, resolve_device, set_cpu_threads
+from ..runtime import die_with_parent, gpu_count, resolve_device, set_cpu_threads
 from . import distributed as dist
 from .checkpoints import TrainingParts, checkpoint_dirs, read_checkpoint, write_checkpoint
 from .data import MultiViewDataset, collate_samples, read_tags_file
@@ -188,6 +188,7 @@ class Trainer:
                                            num_workers=cfg.data.num_workers,
                                            collate_fn=lambda samples: collate_samples(samples, pad_id),
                                            use_shared_memory=False, persistent_workers=False,
+                                           worker_init_fn=_die_with_rank,
                                            use_buffer_reader=cfg.data.num_workers > 0)
 
     def _find_resume(self):
@@ -435,6 +436,10 @@ class Trainer:
                 self.vdl.close()
         dist.barrier()
         return final
+
+
+def _die_with_rank(worker_id):
+    die_with_parent()  # a data-loader worker ends with its rank, whatever kills the rank
 
 
 def _identities(batch):
