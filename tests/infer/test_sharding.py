@@ -338,3 +338,20 @@ def test_chunks_are_known_by_content_and_by_what_ran(tiny, tmp_path):
     summary = embed(here, tiny["init_from_params"], FailingEncoder(precision="bf16"))  # as if bf16 had run
     assert (summary.reused, summary.stale_chunks, summary.written) == (0, 2, 12)
     np.testing.assert_array_equal(np.load(out)["embeddings"], reference)
+
+
+def test_claims_skip_held_chunks_and_another_jobs_live_run_is_refused_by_name(tmp_path):
+    from ernievil2.errors import InputError
+    from ernievil2.infer.sharding import ChunkedRun
+    out = str(tmp_path / "o.npz")
+    first, second = ChunkedRun(out, "job-a", 15, 5), ChunkedRun(out, "job-a", 15, 5)
+    assert first.start() == second.start() == (0, 0)
+    assert (first.claim_next(), second.claim_next()) == (0, 1)  # a held chunk is skipped, not waited for
+    other = ChunkedRun(out, "job-b", 15, 5)
+    with pytest.raises(InputError, match=f"another run .* pid {os.getpid()}"):
+        other.start()
+    first.release()
+    second.release()
+    assert other.start() == (0, 0) and other.claim_next() == 0  # nothing held any more: the folder is free
+    other.remove()
+    assert not os.path.exists(out + ".work")
