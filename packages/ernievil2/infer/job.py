@@ -3,8 +3,8 @@
 A command describes its work as a `ChunkedJob`: how many items its input has, the columns a chunk holds, how to
 embed the items [first, stop) into a chunk (`fill`) and how to merge the finished chunks, in order, into its
 outputs (`merge_chunk` / `finish_merge`).  `run_job` does the rest the same way for all three: the work folder
-and its chunks (infer.sharding), this rank's share, one worker pool for all of this rank's chunks, the bad-row
-policy, the progress bar, rank 0's merge and one `ChunkSummary`.
+and its chunks (infer.sharding), claiming chunks until none is left, one worker pool for all of this process's
+chunks, the bad-row policy, the progress bar, rank 0's merge and one `ChunkSummary`.
 """
 import logging
 import time
