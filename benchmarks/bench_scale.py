@@ -23,7 +23,8 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "packages"))
-VOCAB = os.path.join(os.path.dirname(REPO), "shared", "ernie_base_3.0", "vocab.txt")
+VOCAB = os.path.join(os.environ.get("ERNIEVIL2_SHARED") or os.path.join(os.path.dirname(REPO), "shared"),
+                     "ernie_base_3.0", "vocab.txt")
 
 
 def tiny_png_b64():
