@@ -18,7 +18,7 @@ import paddle
 from ernievil2.data.images import decode_base64_image
 from ernievil2.data.tokenizer import ErnieTokenizer
 from ernievil2.data.transforms import preprocess_eval
-from ernievil2.infer.engines import load_model
+from ernievil2.infer.export_cache import load_model
 from ernievil2.infer.options import EngineOptions
 
 

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import zipfile
 
 import numpy as np
@@ -34,9 +35,29 @@ def atomic_path(path):
     tmp = temp_path_for(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         _remove(tmp)
+
+
+class AtomicFile:
+    """A binary file written under a temporary name beside `path`: `publish()` renames it onto `path` once complete,
+    `discard()` (also after publish: a no-op) removes it.  For outputs written piece by piece over a long run."""
+
+    def __init__(self, path):
+        self.path, self.tmp = path, temp_path_for(path)
+        self.file = open(self.tmp, "wb")
+
+    def write(self, data):
+        self.file.write(data)
+
+    def publish(self):
+        self.file.close()
+        publish(self.tmp, self.path)
+
+    def discard(self):
+        self.file.close()
+        _remove(self.tmp)
 
 
 def atomic_write(path, write_fn):
@@ -44,6 +65,30 @@ def atomic_write(path, write_fn):
     with atomic_path(path) as tmp:
         write_fn(tmp)
     return path
+
+
+def publish(tmp, path):
+    """Rename a complete temporary file onto `path`; its bytes are on disk first (fsync), and so is the rename
+    (fsync of the folder), so that a crash never leaves a complete-looking file with missing bytes."""
+    if os.path.isfile(tmp):
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def fsync_dir(directory):
+    """Make the renames in `directory` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path, text, encoding="utf-8"):
@@ -54,14 +99,91 @@ def write_text_atomic(path, text, encoding="utf-8"):
     return atomic_write(path, write)
 
 
-def _process_alive(pid):
+def swap_in_folder(stage, path):
+    """Replace the folder `path` by the complete folder `stage` beside it: the files are flushed to disk, the old
+    folder is renamed aside (to a name `recover_folder` knows), the new one renamed in, and the old one removed.  A
+    crash between the two renames leaves the old folder aside, never no folder at all."""
+    path = os.path.abspath(path)
+    _fsync_tree(stage)
+    recover_folder(path)
+    aside = _aside_path(path)
+    if os.path.exists(path):
+        os.replace(path, aside)
+    os.replace(stage, path)
+    fsync_dir(os.path.dirname(path))
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_folder(path):
+    """Finish what a crash interrupted in swap_in_folder: put the old folder back when `path` is missing, or remove it
+    when `path` is there.  Returns True when a folder was put back.  Readers call it before reading `path`."""
+    aside = _aside_path(os.path.abspath(path))
+    if not os.path.isdir(aside):
+        return False
+    if os.path.exists(path):
+        shutil.rmtree(aside, ignore_errors=True)
+        return False
+    try:
+        os.replace(aside, path)
+    except OSError:  # another process put it back first
+        return False
+    return True
+
+
+def _aside_path(path):
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.aside")
+
+
+def _fsync_tree(folder):
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(root)
+
+
+@contextlib.contextmanager
+def exclusive(path, poll=0.2):
+    """Hold the lock file `path` (created with O_EXCL, naming this host and process) for the block: one process at a
+    time prepares something several share (an export in the cache).  Waits while a live process of this host holds
+    it; a dead holder's lock is taken over."""
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    host, pid = f.read().split()
+                dead = host == _HOST and not process_alive(int(pid))
+            except (OSError, ValueError):  # being written this instant, or released
+                dead = False
+            if dead:
+                _remove(path)
+            else:
+                time.sleep(poll)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{_HOST} {os.getpid()}\n")
+        yield
+    finally:
+        _remove(path)
+
+
+def process_alive(pid):
+    """Whether a process of this host with this id is running (a zombie, dead but not yet reaped by its parent,
+    is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc here: the signal check has to do
 
 
 def remove_stale_temps(path):
@@ -78,7 +200,7 @@ def remove_stale_temps(path):
     removed = []
     for name in names:
         match = pattern.match(name)
-        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
             _remove(os.path.join(directory, name))
             removed.append(os.path.join(directory, name))
     return removed
@@ -93,24 +215,29 @@ def _remove(path):
 
 
 class NpzWriter:
-    """Streams rows of named columns into an `.npz` without holding them in memory: float32 matrices [N, D] and
-    unicode string vectors [N] go to raw parts beside the target, and `finish` copies them into the zip behind
-    .npy headers, atomically.  `np.load` reads the result like any `np.savez` file."""
+    """Streams rows of named columns into an `.npz` without holding them in memory: float32 matrices [N, D] and text
+    columns [N] go to raw parts beside the target, and `finish` copies them into the zip behind .npy headers,
+    atomically.  `np.load` reads the result like any `np.savez` file; a text column NAME is stored compactly as
+    `NAME.utf8` (uint8: the texts' UTF-8 bytes, one after the other) and `NAME.offsets` (int64 [N + 1]: where each
+    text starts, and the end), so that one very long text costs its own length and not N times it; `read_strings`
+    reads it back."""
 
     def __init__(self, path, matrices=(), strings=()):
         self.path = path
         self.matrices, self.strings = tuple(matrices), tuple(strings)
-        self.parts = {name: temp_path_for(path, f".{name}") for name in self.matrices + self.strings}
+        names = self.matrices + self.strings + tuple(f"{name}.offsets" for name in self.strings)
+        self.parts = {name: temp_path_for(path, f".{name}") for name in names}
         self.files = {name: open(p, "wb") for name, p in self.parts.items()}
         self.dims = dict.fromkeys(self.matrices)
-        self.longest = dict.fromkeys(self.strings, 1)
+        self.ends = dict.fromkeys(self.strings, 0)  # bytes of each text column so far
         self.rows = 0
 
     def add(self, **columns):
-        """One block of rows: every column, matrices as [n, D] arrays and strings as n str."""
+        """One block of rows: every column, matrices as [n, D] arrays and texts as n str."""
         counts = {name: len(value) for name, value in columns.items()}
-        if set(columns) != set(self.parts) or len(set(counts.values())) != 1:
-            raise ValueError(f"NpzWriter.add: expected {sorted(self.parts)} with one row count, got {counts}")
+        if set(columns) != set(self.matrices + self.strings) or len(set(counts.values())) != 1:
+            raise ValueError(f"NpzWriter.add: expected {sorted(self.matrices + self.strings)} with one row count, "
+                             f"got {counts}")
         for name in self.matrices:
             block = np.ascontiguousarray(columns[name], np.float32)
             if self.dims[name] not in (None, block.shape[1]):
@@ -118,10 +245,13 @@ class NpzWriter:
             self.dims[name] = block.shape[1]
             self.files[name].write(block.tobytes())
         for name in self.strings:
+            ends = []
             for text in columns[name]:
                 encoded = str(text).encode("utf-8")
-                self.files[name].write(len(encoded).to_bytes(4, "little") + encoded)
-                self.longest[name] = max(self.longest[name], len(str(text)))
+                self.files[name].write(encoded)
+                self.ends[name] += len(encoded)
+                ends.append(self.ends[name])
+            self.files[f"{name}.offsets"].write(np.asarray(ends, np.int64).tobytes())
         self.rows += next(iter(counts.values()))
 
     def finish(self, extra=None):
@@ -132,7 +262,9 @@ class NpzWriter:
             for name in self.matrices:
                 _write_npy(zf, name, "<f4", (self.rows, self.dims[name] or 0), _chunks(self.parts[name]))
             for name in self.strings:
-                _write_npy(zf, name, f"<U{self.longest[name]}", (self.rows,), self._strings(name))
+                _write_npy(zf, f"{name}.utf8", "|u1", (self.ends[name],), _chunks(self.parts[name]))
+                offsets = _chunks(self.parts[f"{name}.offsets"])
+                _write_npy(zf, f"{name}.offsets", "<i8", (self.rows + 1,), [bytes(8), *offsets])
             for name, value in (extra or {}).items():
                 value = np.asarray(value)  # (ascontiguousarray would make a 0-d array 1-d)
                 _write_npy(zf, name, value.dtype.str, value.shape, [value.tobytes(order="C")])
@@ -145,18 +277,32 @@ class NpzWriter:
             self.files[name].close()
             _remove(path)
 
-    def _strings(self, name, per_chunk=4096):
-        with open(self.parts[name], "rb") as f:
-            batch = []
-            while True:
-                head = f.read(4)
-                if head:
-                    batch.append(f.read(int.from_bytes(head, "little")).decode("utf-8"))
-                if len(batch) == per_chunk or (not head and batch):
-                    yield np.array(batch, dtype=f"<U{self.longest[name]}").tobytes()
-                    batch = []
-                if not head:
-                    return
+
+def string_columns(npz):
+    """The names of the text columns of an open .npz (np.load): NpzWriter's, and fixed-width unicode vectors."""
+    names = [n[:-len(".utf8")] for n in npz.files if n.endswith(".utf8") and f"{n[:-5]}.offsets" in npz.files]
+    parts = {f"{n}.utf8" for n in names} | {f"{n}.offsets" for n in names}
+    return names + [n for n in npz.files if n not in parts and npz[n].dtype.kind == "U" and npz[n].ndim == 1]
+
+
+def has_strings(npz, name):
+    """Whether an open .npz has the text column `name` (either layout)."""
+    return name in npz.files or f"{name}.utf8" in npz.files
+
+
+def read_strings(npz, name, start=0, stop=None):
+    """Rows [start, stop) of the text column `name` of an open .npz (np.load) as a list of str: NpzWriter's layout
+    (`NAME.utf8` + `NAME.offsets`) or a fixed-width unicode array (files of older versions, np.savez).  KeyError
+    when the column is missing; ValueError when its parts do not fit together."""
+    if name in npz.files:
+        return [str(text) for text in npz[name][start:stop]]
+    data, offsets = npz[f"{name}.utf8"], npz[f"{name}.offsets"]
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(data) \
+            or (np.diff(offsets) < 0).any():
+        raise ValueError(f"text column {name}: offsets do not fit its {len(data)} bytes")
+    raw = memoryview(data)
+    ends = offsets[start:None if stop is None else stop + 1]
+    return [bytes(raw[a:b]).decode("utf-8") for a, b in zip(ends[:-1].tolist(), ends[1:].tolist())]
 
 
 def _write_npy(zf, name, descr, shape, chunks):

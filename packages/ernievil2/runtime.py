@@ -146,3 +146,24 @@ def launch_plan(cpu_processes, log_dir, gpu_count, per_gpu=True):
     if cpu_processes > 1:
         return ("launch", "--nproc_per_node", str(cpu_processes)) + logs
     return ("single",)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent():
+    """Linux: have the kernel SIGKILL this process when its parent dies, so that killing a run's launcher (or a rank)
+    also ends its ranks (or worker processes) instead of leaving them working on.  Called first thing in a child;
+    a no-op where prctl is not available."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    parent = os.getppid()
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect: nobody would kill us later
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -59,3 +59,108 @@ def test_a_star_matches_many_targets(tmp_path):
         os.makedirs(path)
     assert sorted(remove_stale_temps(str(tmp_path / "step_*"))) == sorted(stale)
     assert os.listdir(tmp_path) == []
+
+
+def test_outputs_are_fsynced_before_the_rename_that_publishes_them(tmp_path, monkeypatch):
+    import ernievil2.fileio as fileio
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    target = str(tmp_path / "out.txt")
+    write_text_atomic(target, "payload\n")
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["fsync", "replace", "fsync"], events
+    assert ".out.txt.tmp-" in events[0][1]                    # the bytes, under the temporary name
+    assert events[2][1] == str(tmp_path)                       # then the folder, so that the rename is durable
+    assert open(target).read() == "payload\n"
+
+
+def test_a_million_character_text_is_stored_at_its_own_length(tmp_path):
+    """One huge text among short ones: a fixed-width unicode column (numpy '<U') would take rows x 4 bytes x the
+    longest text (here 50 x 4 MB = 200 MB) to write, store and read; the compact column costs about the text."""
+    import tracemalloc
+
+    import numpy as np
+
+    from ernievil2.fileio import NpzWriter, read_strings
+    texts = [f"短文本{i}" for i in range(50)]
+    texts[17] = "文" * 1_000_000  # 3 MB of UTF-8
+    path = str(tmp_path / "texts.npz")
+    tracemalloc.start()
+    try:
+        writer = NpzWriter(path, matrices=("v",), strings=("texts",))
+        for start in range(0, 50, 10):
+            writer.add(v=np.zeros((10, 4), np.float32), texts=texts[start:start + 10])
+        writer.finish()
+        with np.load(path) as z:
+            back = read_strings(z, "texts")
+            middle = read_strings(z, "texts", 16, 19)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert back == texts and middle == texts[16:19]
+    assert peak < 24 * 2 ** 20, f"peak {peak / 2 ** 20:.0f} MB"  # a few copies of 3 MB, far from 200 MB
+    assert os.path.getsize(path) < 4 * 2 ** 20
+
+
+def test_text_columns_of_older_files_still_read(tmp_path):
+    import numpy as np
+
+    from ernievil2.fileio import has_strings, read_strings, string_columns
+    path = str(tmp_path / "old.npz")
+    np.savez(path, ids=np.array(["a", "bé", "文字"]), embeddings=np.zeros((3, 2), np.float32), meta=np.array("{}"))
+    with np.load(path) as z:
+        assert has_strings(z, "ids") and not has_strings(z, "texts")
+        assert string_columns(z) == ["ids"]  # (not a 0-d text such as a provenance record)
+        assert read_strings(z, "ids") == ["a", "bé", "文字"] and read_strings(z, "ids", 1) == ["bé", "文字"]
+
+
+def test_a_crash_between_the_two_renames_of_a_folder_swap_never_leaves_no_folder(tmp_path, monkeypatch):
+    import ernievil2.fileio as fileio
+    target, stage = tmp_path / "index", tmp_path / "stage"
+    for folder, text in ((target, "old"), (stage, "new")):
+        folder.mkdir()
+        (folder / "v.txt").write_text(text)
+    real_replace = os.replace
+
+    def crash_before_the_second_rename(src, dst):
+        if str(src) == str(stage):
+            raise KeyboardInterrupt("power cut")
+        real_replace(src, dst)
+    monkeypatch.setattr(fileio.os, "replace", crash_before_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        fileio.swap_in_folder(str(stage), str(target))
+    monkeypatch.undo()
+    assert not target.exists()                                  # the moment of the crash: the old folder is aside
+    remove_stale_temps(str(target))                             # what a restart does first keeps it
+    assert fileio.recover_folder(str(target)) and (target / "v.txt").read_text() == "old"
+    fileio.swap_in_folder(str(stage), str(target))
+    assert (target / "v.txt").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["index"]
+
+
+def test_a_killed_process_not_yet_reaped_counts_as_gone(tmp_path):
+    """A rank killed under a launcher that has not reaped it yet is a zombie: its claims and temporaries are free."""
+    import signal
+    import time
+
+    from ernievil2.fileio import process_alive
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_alive(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while process_alive(proc.pid) and time.time() < deadline:  # (not reaped: no wait() before the check)
+            time.sleep(0.05)
+        assert not process_alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -14,6 +14,7 @@ import yaml
 
 from conftest import REPO, VOCAB, make_tiny_model
 from ernievil2.errors import BadRowError, ConfigError, InputError
+from ernievil2.fileio import read_strings
 from ernievil2.infer.engines import EagerEncoder
 from ernievil2.infer.gallery import load_embed_config, run_embed
 from ernievil2.infer.zeroshot import load_zeroshot_config, run_zeroshot
@@ -58,9 +59,9 @@ def embed(tiny, **values):
 def test_image_folder_gallery(tiny, folder, tmp_path):
     out = str(tmp_path / "images.npz")
     summary = embed(tiny, images=str(folder), output_file=out)
-    assert (summary.items, summary.embedded) == (5, 5)
+    assert (summary.read, summary.written) == (5, 5)
     with np.load(out) as z:
-        ids, emb = list(z["ids"]), z["embeddings"]
+        ids, emb = read_strings(z, "ids"), z["embeddings"]
         assert "texts" not in z.files
     assert ids == ["a.jpg", "anim.gif", "b/c/deep.webp", "b/cat.png", "z.bmp"]  # relative paths, sorted
     assert emb.dtype == np.float32 and emb.shape == (5, 32)
@@ -76,10 +77,10 @@ def test_bad_images_under_both_policies(tiny, folder, tmp_path):
         embed(tiny, images=str(folder), output_file=str(out))
     assert not out.exists() and not [n for n in os.listdir(tmp_path) if ".tmp-" in n]  # nothing half-written
     summary = embed(tiny, images=str(folder), output_file=str(out), on_bad_row="skip")
-    assert (summary.items, summary.embedded, summary.skipped) == (6, 5, {"bad image": 1})
+    assert (summary.read, summary.written, summary.skipped) == (6, 5, {"bad image": 1})
     log = open(summary.bad_row_log, encoding="utf-8").read()
     assert "broken.jpg: bad image" in log
-    assert "b/broken.jpg" not in list(np.load(out)["ids"])
+    assert "b/broken.jpg" not in read_strings(np.load(out), "ids")
 
 
 def test_image_tsv_gallery_and_its_bad_rows(tiny, tmp_path):
@@ -94,11 +95,11 @@ def test_image_tsv_gallery_and_its_bad_rows(tiny, tmp_path):
     with pytest.raises(BadRowError, match=f"{tsv}:5: expected 2 tab-separated columns like line 1, found 1"):
         embed(tiny, images=str(tsv), output_file=str(tmp_path / "g.npz"))  # rows are checked ahead of decoding
     summary = embed(tiny, images=str(tsv), output_file=str(tmp_path / "g.npz"), on_bad_row="skip")
-    assert summary.embedded == 4 and sum(summary.skipped.values()) == 2
+    assert summary.written == 4 and sum(summary.skipped.values()) == 2
     log = open(summary.bad_row_log, encoding="utf-8").read().splitlines()
     assert log[0].startswith(f"{tsv}:3: bad image") and log[1].startswith(f"{tsv}:5: expected 2 tab-separated")
     z = np.load(tmp_path / "g.npz")
-    assert list(z["ids"]) == ["img0", "img1", "img2", "img3"]
+    assert read_strings(z, "ids") == ["img0", "img1", "img2", "img3"]
     ref = reference_model().encode_image([encoded(picture(i), ".jpg") for i in range(4)])
     np.testing.assert_allclose(z["embeddings"], ref, atol=1e-6)
 
@@ -117,9 +118,9 @@ def test_text_galleries(tiny, tmp_path, kind):
         expected_ids = ["10", "11", "12"]
     out = tmp_path / "texts.npz"
     summary = embed(tiny, texts=str(src), output_file=str(out))
-    assert summary.embedded == 3
+    assert summary.written == 3
     z = np.load(out)
-    assert list(z["ids"]) == expected_ids and list(z["texts"]) == queries
+    assert read_strings(z, "ids") == expected_ids and read_strings(z, "texts") == queries
     np.testing.assert_allclose(z["embeddings"], reference_model().encode_text(queries), atol=1e-6)
 
 
@@ -145,7 +146,7 @@ def test_embed_command_end_to_end(tiny, folder, tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, PYTHONPATH=os.path.join(REPO, "packages")))
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "items read: 5, embedded: 5, skipped: 0" in run.stdout
+    assert "images read: 5, embedded: 5, skipped: 0" in run.stdout
     assert np.load(out)["embeddings"].shape == (5, 32)
 
 
@@ -193,7 +194,7 @@ def reference_predictions(images, templates, top_k):
 def test_zeroshot_predictions_equal_a_reference_from_embeddings(tiny, folder, tmp_path, templates):
     from ernievil2.data.prompts import ZEROSHOT_TEMPLATES
     summary = zeroshot(tiny, tmp_path, folder, templates)
-    assert (summary.images, summary.classified, summary.labelled) == (5, 5, False)
+    assert (summary.read, summary.written, summary.accuracy) == (5, 5, None)
     got = [json.loads(line) for line in open(tmp_path / "pred.jsonl", encoding="utf-8")]
     ids = ["a.jpg", "anim.gif", "b/c/deep.webp", "b/cat.png", "z.bmp"]
     assert [g["image_id"] for g in got] == ids  # input order
@@ -211,7 +212,7 @@ def test_zeroshot_accuracy_on_a_labelled_tsv(tiny, tmp_path, capsys):
     assert [g["label"] for g in got] == truth
     top1 = [g["predictions"][0]["label"] == g["label"] for g in got]
     top2 = [g["label"] in [p["label"] for p in g["predictions"]] for g in got]
-    acc = summary.accuracy()
+    acc = summary.accuracy
     assert acc["images"] == 6 and acc["top1"] == round(100 * sum(top1) / 6, 2)
     assert acc["top5"] == round(100 * sum(top2) / 6, 2)  # top_k 2 here: "top-5" counts within the k given
     red = [t for t, label in zip(top1, truth) if label == "红色"]

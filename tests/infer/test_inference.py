@@ -110,9 +110,9 @@ def test_each_distinct_image_is_encoded_once_and_rows_keep_their_order(tmp_path,
     tsv = write_tsv(tmp_path / "in.tsv", rows)
     encoder = CountingEncoder(make_tiny_model(seed=5))
     summary = run_inference(config_for(tiny, tsv, infer_batch_size=3), encoder=encoder)
-    assert summary.rows == 7 and summary.written == 7
+    assert summary.read == 7 and summary.written == 7
     assert encoder.images == 4  # (1,a) (2,b) (1,c) (3,c): same id *and* bytes is one image
-    assert summary.images_encoded == 4 and summary.images_reused == 3
+    assert summary.counts["images_encoded"] == 4 and summary.written - summary.counts["images_encoded"] == 3
     text, image, ids = read_out(tiny["output_file"])
     assert ids == ["1", "2", "1", "1", "2", "3", "1"]
     np.testing.assert_array_equal(image[0], image[2])
@@ -210,7 +210,7 @@ def test_skip_policy_writes_every_good_row_and_reports_each_skipped_line(tmp_pat
     tsv = write_tsv(tmp_path / "in.tsv", rows)
     summary = run_inference(config_for(tiny, tsv, on_bad_row="skip", max_image_pixels=50_000, infer_batch_size=4),
                             encoder=EagerEncoder(make_tiny_model(seed=5)))
-    assert summary.written == 3 and summary.rows == len(rows)
+    assert summary.written == 3 and summary.read == len(rows)
     assert sum(summary.skipped.values()) == len(bad) + 1
     _, _, ids = read_out(tiny["output_file"])
     assert ids == ["0", "1", "2"]

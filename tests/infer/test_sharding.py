@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from faults import fault_env
 
 from conftest import REPO
 
@@ -84,10 +85,10 @@ def test_sigkill_of_one_rank_then_resume_gives_the_same_output(job):
     run_infer(config, tmp / "ref" / "emb.out")
     out = tmp / "killed" / "emb.out"
     work = tmp / "killed" / "emb.out.work"
-    slow = {"ERNIEVIL2_SLOW_CHUNKS": "0.4"}  # seconds per chunk, so that the kill lands mid-run
+    slow = fault_env(ENV, ERNIEVIL2_SLOW_CHUNKS=0.4)  # seconds per chunk, so that the kill lands mid-run
     cmd = ["bash", os.path.join(REPO, "run_infer.sh"), "--nproc_per_node", "2", "--log_dir", str(tmp / "log"),
            "cpu", str(config), "-o", f"output_file={out}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**ENV, **slow}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=slow, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (work.is_dir() and len(list(work.glob("chunk_*.npz"))) >= 3):
@@ -109,7 +110,7 @@ def test_sigkill_of_one_rank_then_resume_gives_the_same_output(job):
 def test_stale_chunks_are_refused_and_not_mixed_in(job):
     config, tmp = job
     out = tmp / "run" / "emb.out"
-    run_infer(config, out, env={"ERNIEVIL2_STOP_AFTER_CHUNKS": "4"}, check=False)  # leaves 4 chunks
+    run_infer(config, out, env=fault_env(ENV, ERNIEVIL2_STOP_AFTER_CHUNKS=4), check=False)  # leaves 4 chunks
     assert len(list((tmp / "run" / "emb.out.work").glob("chunk_*.npz"))) == 4
     changed = run_infer(config, out, overrides=["max_text_seqlen=20"])  # another config: old chunks are stale
     assert "refused 4 chunk(s)" in changed.stdout and "reused" not in changed.stdout
@@ -147,6 +148,210 @@ def test_embed_is_sharded_alike(tiny, tmp_path):
         proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     a, b = np.load(outs["one"]), np.load(outs["two"])
-    assert list(a["ids"]) == list(b["ids"]) == [f"p{i:02d}.png" for i in range(23)]
+    from ernievil2.fileio import read_strings
+    assert read_strings(a, "ids") == read_strings(b, "ids") == [f"p{i:02d}.png" for i in range(23)]
     np.testing.assert_array_equal(a["embeddings"], b["embeddings"])
     assert json.loads(a["provenance"].item())["embed_dim"] == 32
+
+
+# ---------------------------------------------------------------- claims, killed runs, leftovers
+
+def made_by(chunk_file):
+    with np.load(chunk_file) as z:
+        return json.loads(z["meta"].item())["made_by"]
+
+
+def start_infer(config, out, env, rank=None):
+    """One `python -m ernievil2 infer` process; with `rank`, as rank `rank` of 2 sharing the work folder."""
+    ranks = {} if rank is None else {"PADDLE_TRAINER_ID": str(rank), "PADDLE_TRAINERS_NUM": "2"}
+    return subprocess.Popen([sys.executable, "-m", "ernievil2", "infer", str(config), "-o", f"output_file={out}"],
+                            cwd=REPO, env={**env, **ranks}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def wait_until(condition, timeout=300):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_killed_rank_leaves_its_chunks_to_the_other_which_finishes_the_job(job):
+    config, tmp = job
+    run_infer(config, tmp / "ref" / "emb.out")
+    out, work = tmp / "pair" / "emb.out", tmp / "pair" / "emb.out.work"
+    env = fault_env(ENV, ERNIEVIL2_SLOW_CHUNKS=0.4)  # each chunk takes 0.4 s longer, claimed and unfinished
+    rank0, rank1 = (start_infer(config, out, env, rank) for rank in (0, 1))
+    try:
+        wait_until(lambda: any(made_by(f)["pid"] == rank1.pid for f in work.glob("chunk_*.npz")))
+        os.kill(rank1.pid, signal.SIGKILL)  # mid-run, holding a claim: rank 0 must take it over
+        stdout, stderr = rank0.communicate(timeout=300)
+    finally:
+        for proc in (rank0, rank1):
+            proc.kill()
+    assert rank0.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    assert "taking over the claim" in stderr and f"pid {rank1.pid} (gone)" in stderr
+    for name in ("emb.out", "emb.npz"):
+        assert same_files(tmp / "ref" / name, tmp / "pair" / name), name
+    assert not work.exists()
+
+
+def test_two_runs_of_one_output_at_once_share_the_work_and_neither_hangs(job):
+    config, tmp = job
+    run_infer(config, tmp / "ref" / "emb.out")
+    out = tmp / "twice" / "emb.out"
+    env = fault_env(ENV, ERNIEVIL2_SLOW_CHUNKS=0.3)
+    runs = [start_infer(config, out, env) for _ in range(2)]  # both rank 0 of 1
+    try:
+        results = [run.communicate(timeout=300) for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
+    for run, (stdout, stderr) in zip(runs, results):
+        assert run.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    for name in ("emb.out", "emb.npz"):
+        assert same_files(tmp / "ref" / name, tmp / "twice" / name), name
+    assert sum("another run of the same job merged" in stdout for stdout, _ in results) == 1
+
+
+def test_truncated_and_garbage_chunks_and_dead_temporaries_are_redone_with_a_note(job):
+    from ernievil2.fileio import temp_path_for
+    config, tmp = job
+    run_infer(config, tmp / "ref" / "emb.out")
+    out, work = tmp / "run" / "emb.out", tmp / "run" / "emb.out.work"
+    run_infer(config, out, env=fault_env(ENV, ERNIEVIL2_STOP_AFTER_CHUNKS=4), check=False)
+    chunks = sorted(work.glob("chunk_*.npz"))
+    assert len(chunks) == 4
+    data = chunks[1].read_bytes()
+    chunks[1].write_bytes(data[:len(data) // 2])             # a copy cut short
+    chunks[2].write_bytes(b"PK\x03\x04" + bytes(60))          # zip magic, then nothing
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True,
+                          text=True).stdout.strip()           # a pid that surely ended
+    part = temp_path_for(str(work / "chunk_00000005.npz"), ".text").replace(f"-{os.getpid()}.", f"-{dead}.")
+    with open(part, "wb") as f:
+        f.write(b"half a chunk of a dead run")
+    resumed = run_infer(config, out)
+    assert "Traceback" not in resumed.stderr
+    assert resumed.stderr.count("unreadable") == 2, resumed.stderr[-3000:]
+    assert "reused 16 rows" in resumed.stdout  # chunks 0 and 3
+    for name in ("emb.out", "emb.npz"):
+        assert same_files(tmp / "ref" / name, tmp / "run" / name), name
+    assert not work.exists()
+
+
+def alive(pid):
+    """The process exists and is not a zombie (nobody may reap orphans in a container)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def descendants(pid):
+    """The processes below `pid` (from /proc)."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        except OSError:
+            pass
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_ranks_and_their_workers_die_with_the_launcher(job):
+    config, tmp = job
+    work = tmp / "k" / "emb.out.work"
+    cmd = ["bash", os.path.join(REPO, "run_infer.sh"), "--nproc_per_node", "2", "--log_dir", str(tmp / "log"),
+           "cpu", str(config), "-o", f"output_file={tmp / 'k' / 'emb.out'}", "-o", "num_workers=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=fault_env(ENV, ERNIEVIL2_SLOW_CHUNKS=0.5), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    family = set()
+    try:
+        wait_until(lambda: work.is_dir() and len(list(work.glob("chunk_*.npz"))) >= 2)
+        family = descendants(proc.pid)
+        assert len(family) >= 4  # 2 ranks under the launcher (run_infer.sh execs it) and their worker processes
+        os.killpg(proc.pid, signal.SIGKILL)  # kill -KILL -- -PGID of run_infer.sh
+        deadline = time.time() + 30
+        while time.time() < deadline and any(alive(p) for p in family):
+            time.sleep(0.1)
+        assert not [p for p in family if alive(p)]
+    finally:
+        for p in family | {proc.pid}:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        proc.wait()
+
+
+class FailingEncoder:
+    """The tiny model's encoder that fails on its `fail_at`-th text batch (a crash after some chunks)."""
+
+    def __init__(self, precision="fp32", fail_at=None):
+        from conftest import make_tiny_model
+        from ernievil2.infer.engines import EagerEncoder
+        self.inner, self.precision, self.fail_at, self.calls = EagerEncoder(make_tiny_model(seed=5)), precision, \
+            fail_at, 0
+        self.embed_dim = self.inner.embed_dim
+
+    def encode_text(self, ids):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("crash")
+        return self.inner.encode_text(ids)
+
+
+def test_chunks_are_known_by_content_and_by_what_ran(tiny, tmp_path):
+    """Copies of the input and weights elsewhere (other paths, other times) share chunks; another precision does
+    not."""
+    import shutil
+
+    from ernievil2.infer.gallery import load_embed_config, run_embed
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    (here / "q.txt").write_text("".join(f"查询{i}{'文' * i}\n" for i in range(12)), encoding="utf-8")
+    shutil.copytree(here, there)
+    shutil.copy(tiny["init_from_params"], there / "w.pdparams")
+    os.utime(there / "q.txt", (1_000_000, 1_000_000))
+    out = str(tmp_path / "out" / "q.npz")
+
+    def embed(folder, weights, encoder):
+        cfg = load_embed_config(None, list({**tiny, "texts": str(folder / "q.txt"), "output_file": out,
+                                            "init_from_params": weights, "chunk_rows": 4}.items()))
+        return run_embed(cfg, encoder=encoder)
+    with pytest.raises(RuntimeError):
+        embed(here, tiny["init_from_params"], FailingEncoder(fail_at=3))  # leaves chunks 0 and 1
+    summary = embed(there, str(there / "w.pdparams"), FailingEncoder())
+    assert (summary.reused, summary.stale_chunks, summary.written) == (8, 0, 12)
+    reference = np.load(out)["embeddings"]
+    with pytest.raises(RuntimeError):
+        embed(here, tiny["init_from_params"], FailingEncoder(fail_at=3))
+    summary = embed(here, tiny["init_from_params"], FailingEncoder(precision="bf16"))  # as if bf16 had run
+    assert (summary.reused, summary.stale_chunks, summary.written) == (0, 2, 12)
+    np.testing.assert_array_equal(np.load(out)["embeddings"], reference)
+
+
+def test_claims_skip_held_chunks_and_another_jobs_live_run_is_refused_by_name(tmp_path):
+    from ernievil2.errors import InputError
+    from ernievil2.infer.sharding import ChunkedRun
+    out = str(tmp_path / "o.npz")
+    first, second = ChunkedRun(out, "job-a", 15, 5), ChunkedRun(out, "job-a", 15, 5)
+    assert first.start() == second.start() == (0, 0)
+    assert (first.claim_next(), second.claim_next()) == (0, 1)  # a held chunk is skipped, not waited for
+    other = ChunkedRun(out, "job-b", 15, 5)
+    with pytest.raises(InputError, match=f"another run .* pid {os.getpid()}"):
+        other.start()
+    first.release()
+    second.release()
+    assert other.start() == (0, 0) and other.claim_next() == 0  # nothing held any more: the folder is free
+    other.remove()
+    assert not os.path.exists(out + ".work")

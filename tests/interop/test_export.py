@@ -237,7 +237,7 @@ def test_export_cli_then_run_infer_with_the_paddle_inference_engine(tmp_path, go
         cfg = load_infer_config(config, [f"engine={engine}", f"output_file={tmp_path / engine / 'emb.out'}"])
         summary = run_inference(cfg)
         assert summary.written == 16
-        results[engine] = np.load(summary.sidecar_file)
+        results[engine] = np.load(summary.also_written[0])
     for key in ("text", "image"):
         assert min_cos(results["eager"][key], results["paddle_inference"][key]) >= MIN_COS, key
     assert min_cos(results["eager"]["text"][:1], results["eager"]["text"][1:2]) < 0.99

@@ -8,6 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 import yaml
+from faults import fault_env
 
 from conftest import GOLDEN, REPO, TINY_TEXT, TINY_VISION, VOCAB, need_shared
 from ernievil2.interop.convert import read_state
@@ -129,7 +130,7 @@ def test_killed_run_resumed_with_auto_ends_with_identical_weights(tmp_path):
     straight = write_config(tmp_path, "a.yaml", output_dir=str(tmp_path / "a"), **common)
     resumed = write_config(tmp_path, "b.yaml", output_dir=str(tmp_path / "b"), **common)
     run_train([straight])
-    killed = run_train([resumed], env={"ERNIEVIL2_KILL_AT_STEP": "3"}, check=False)
+    killed = run_train([resumed], env=fault_env(ERNIEVIL2_KILL_AT_STEP=3), check=False)
     assert killed.returncode != 0
     assert not os.path.exists(tmp_path / "b" / "final.pdparams")
     assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["step_00000002"]

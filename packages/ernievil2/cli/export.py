@@ -29,7 +29,7 @@ def main(argv=None):
 
 def _export(args, overrides):
     """Export the towers the config describes and check them against the eager model; returns the config."""
-    from ..infer.engines import load_model
+    from ..infer.export_cache import load_model
     from ..infer.options import engine_options, load_infer_config
     from ..infer.predictor import PredictorEncoder
     from ..interop.export import MIN_COSINE, compare_with_eager, export_towers

@@ -4,6 +4,8 @@ module, so this file uses absolute imports."""
 import sys
 
 from ernievil2.cli.main import main
+from ernievil2.runtime import die_with_parent
 
 if __name__ == "__main__":
+    die_with_parent()  # a rank ends with its launcher (kill -KILL of run_*.sh's process group included)
     sys.exit(main())

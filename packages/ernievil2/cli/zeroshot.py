@@ -18,11 +18,11 @@ def main(argv=None):
         from ..infer.zeroshot import load_zeroshot_config, run_zeroshot
         summary = run_zeroshot(load_zeroshot_config(args.config, overrides))
         if args.json:
-            report = {"images": summary.images, "classified": summary.classified,
+            report = {"images": summary.read, "classified": summary.written,
                       "skipped": sum(summary.skipped.values()), "predictions": summary.output_file,
                       "seconds": round(summary.seconds, 3)}
-            if summary.labelled:
-                report["accuracy"] = summary.accuracy()
+            if summary.accuracy:
+                report["accuracy"] = summary.accuracy
             print(json.dumps(report, ensure_ascii=False, indent=2))
         else:
             for line in summary.lines():

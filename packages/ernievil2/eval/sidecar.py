@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 
 from ..errors import EmbeddingFileError
-from ..fileio import NpzWriter
+from ..fileio import NpzWriter, has_strings, read_strings
 
 TEXT_FILE_CHECK = "text_file_check"  # sidecar array: [byte size, CRC-32] of the text file it is a copy of
 
@@ -80,11 +80,11 @@ def load_sidecar(path):
     """(text, image, image_ids) of a sidecar, checked; EmbeddingFileError naming the file."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = sorted({"text", "image", "image_ids"} - set(z.files))
+            missing = sorted({"text", "image"} - set(z.files)) + ([] if has_strings(z, "image_ids") else ["image_ids"])
             if missing:
                 raise EmbeddingFileError(f"{path}: sidecar lacks array(s) {', '.join(missing)} "
                                          f"(expected text, image, image_ids)")
-            text, image, ids = z["text"], z["image"], z["image_ids"]
+            text, image, ids = z["text"], z["image"], np.asarray(read_strings(z, "image_ids"), dtype=str)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         if isinstance(e, EmbeddingFileError):
             raise

@@ -3,21 +3,21 @@ text queries (a text file or JSONL) into OUT.npz: `ids`, `embeddings` (float32 [
 texts, `texts`.  Streaming with bounded memory, worker processes and the bad-row policy of run_infer.sh."""
 import json
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import Field
 from ..data.sources import image_source, text_source
 from ..data.tokenizer import ErnieTokenizer
-from ..data.tsv import BadRow, BadRowPolicy
+from ..data.tsv import BadRow
 from ..errors import ConfigError, InputError
-from ..fileio import NpzWriter, remove_stale_temps
+from ..fileio import NpzWriter
 from .engines import make_encoder
+from .job import ChunkedJob, run_job
 from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
-from .sharding import ChunkedRun, config_fingerprint, current_rank
+from .sharding import config_fingerprint, source_hash
 from .workers import prefetched, prepare_images, prepare_texts, start_pool
 
 GALLERY_KEYS = {
@@ -37,36 +37,6 @@ def load_embed_config(path, overrides=()):
         raise ConfigError(f"{source}: 'output_file' must end in .npz for embed, got {cfg.output_file!r} "
                           f"(add -o output_file=OUT.npz)")
     return cfg
-
-
-@dataclass
-class GallerySummary:
-    items: int = 0
-    embedded: int = 0
-    seconds: float = 0.0
-    skipped: dict = field(default_factory=dict)
-    output_file: str = ""
-    bad_row_log: str = ""
-    rank: int = 0
-    world: int = 1
-    reused_items: int = 0
-    stale_chunks: int = 0
-
-    def lines(self):
-        if self.rank:
-            return [f"rank {self.rank} of {self.world}: done (rank 0 writes {self.output_file})"]
-        rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
-        out = [f"items read: {self.items}, embedded: {self.embedded}, skipped: {sum(self.skipped.values())}",
-               f"time: {self.seconds:.1f} s, {rate:.2f} items/s", f"embeddings: {self.output_file}"]
-        if self.reused_items:
-            out.append(f"resumed: reused {self.reused_items} items embedded by an earlier run")
-        if self.stale_chunks:
-            out.append(f"refused {self.stale_chunks} chunk(s) of an earlier run with another input, config or "
-                       f"weights")
-        out += [f"  skipped {count} item(s): {reason}" for reason, count in sorted(self.skipped.items())]
-        if self.bad_row_log:
-            out.append(f"skipped items listed in {self.bad_row_log}")
-        return out
 
 
 def iter_image_embeddings(items, options, encoder, policy, summary, progress=None, pool=None):
@@ -119,86 +89,63 @@ def iter_text_embeddings(items, options, encoder, tokenizer, policy, summary, pr
 
 
 def run_embed(cfg, encoder=None):
-    """The `embed` command: cfg from load_embed_config; `encoder` (tests) replaces the configured one.  Chunked,
-    sharded over ranks and resumable like run_infer.sh (infer.sharding)."""
-    start = time.time()
-    kind = "images" if cfg.images else "texts"
-    src = cfg.images or cfg.texts
-    source = image_source(src) if kind == "images" else text_source(src)  # a missing source fails before loading
-    rank, world = current_rank()
-    run = ChunkedRun(cfg.output_file, config_fingerprint(cfg, source.stamp()), source.count, cfg.chunk_rows,
-                     rank, world)
-    summary = GallerySummary(output_file=cfg.output_file, rank=rank, world=world)
-    summary.stale_chunks, todo, summary.reused_items = run.plan()
-    try:
-        if todo:
-            _embed_gallery_chunks(run, todo, source, kind, cfg, encoder)
-        if rank == 0:
-            run.wait_for_all()
-            _merge_gallery(run, cfg, kind, summary)
-            run.remove()
-    finally:
-        run.remove_if_empty()
-    summary.seconds = time.time() - start
-    return summary
+    """The `embed` command: cfg from load_embed_config; `encoder` (tests) replaces the configured one.  A chunked
+    job (infer.job): sharded over ranks and resumable like run_infer.sh."""
+    return run_job(GalleryJob(cfg, encoder))
 
 
-def _embed_gallery_chunks(run, chunks, source, kind, cfg, encoder):
-    tokenizer = ErnieTokenizer.from_file(cfg.vocab_file) if kind == "texts" else None
-    options = pipeline_options(cfg)
-    pool = start_pool(options)  # first: the workers start while the model loads here
-    progress = _progress(cfg.progress, kind, total=sum(run.rows(c)[1] - run.rows(c)[0] for c in chunks))
-    strings = ("ids", "texts") if kind == "texts" else ("ids",)
-    try:
-        encoder = encoder or make_encoder(engine_options(cfg))
-        for chunk in chunks:
-            items = source.items(*run.rows(chunk))
-            stats, policy = GallerySummary(), BadRowPolicy(options.on_bad_row)
+class GalleryJob(ChunkedJob):
+    """Images or texts of a gallery source -> OUT.npz of ids, embeddings (and texts)."""
+    verb = "embedded"
+    matrices = ("embeddings",)
 
-            def fill(writer):
-                if kind == "images":
-                    embedded = iter_image_embeddings(items, options, encoder, policy, stats, progress, pool)
-                else:
-                    embedded = iter_text_embeddings(items, options, encoder, tokenizer, policy, stats, progress, pool)
-                for block in batched(embedded, 1024):
-                    columns = {"ids": [item.id for item, _ in block], "embeddings": np.stack([v for _, v in block])}
-                    if kind == "texts":
-                        columns["texts"] = [item.text for item, _ in block]
-                    writer.add(**columns)
-                return {"items": stats.items, "embedded": stats.embedded, "embed_dim": encoder.embed_dim,
-                        "skipped": [[b.path, b.line, b.reason] for b in policy.skipped]}
-            run.write_chunk(chunk, ("embeddings",), strings, fill, done=chunks.index(chunk) + 1)
-    finally:
-        progress.close()
-        pool.terminate()
-        pool.join()
+    def __init__(self, cfg, encoder=None):
+        self.kind = "images" if cfg.images else "texts"
+        src = cfg.images or cfg.texts
+        # (a missing source fails here, before the model loads)
+        self.source = image_source(src) if self.kind == "images" else text_source(src)
+        self.noun = self.kind[:-1]
+        self.strings = ("ids", "texts") if self.kind == "texts" else ("ids",)
+        super().__init__(cfg.output_file, config_fingerprint(cfg, source_hash(self.source)), self.source.count,
+                         cfg.chunk_rows, pipeline_options(cfg), cfg.bad_row_log, cfg.progress)
+        self.cfg, self.encoder, self.tokenizer = cfg, encoder, None
 
+    def prepare(self):
+        if self.kind == "texts":
+            self.tokenizer = ErnieTokenizer.from_file(self.cfg.vocab_file)
+        self.encoder = self.encoder or make_encoder(engine_options(self.cfg))
 
-def _merge_gallery(run, cfg, kind, summary):
-    """Rank 0: the chunks, in order, into OUT.npz (+ provenance) and the bad-row log."""
-    remove_stale_temps(cfg.output_file)
-    policy = BadRowPolicy("skip", cfg.bad_row_log or f"{cfg.output_file}.skipped.txt")
-    strings = ("ids", "texts") if kind == "texts" else ("ids",)
-    writer = NpzWriter(cfg.output_file, matrices=("embeddings",), strings=strings)
-    embed_dim = None
-    try:
-        for chunk in range(run.count):
-            arrays, meta = run.load(chunk)
-            if meta["embedded"]:
-                writer.add(**{name: arrays[name] if name == "embeddings" else list(arrays[name])
-                              for name in ("embeddings",) + strings})
-            summary.items += meta["items"]
-            summary.embedded += meta["embedded"]
-            embed_dim = meta["embed_dim"]
-            policy.skipped += [BadRow(*bad) for bad in meta["skipped"]]
-        if summary.embedded == 0:
-            raise InputError(f"{cfg.images or cfg.texts}: nothing to embed (no usable {kind})")
-        writer.finish(extra={"provenance": np.array(json.dumps(provenance(cfg, kind, embed_dim)))})
-        policy.close()
-    finally:
-        writer.cleanup()
-    summary.skipped = dict(policy.reason_counts())
-    summary.bad_row_log = policy.log_path if policy.skipped else ""
+    def fill(self, first, stop, writer, policy, counts, progress, pool):
+        items, stats = self.source.items(first, stop), ItemCounts()
+        if self.kind == "images":
+            embedded = iter_image_embeddings(items, self.options, self.encoder, policy, stats, progress, pool)
+        else:
+            embedded = iter_text_embeddings(items, self.options, self.encoder, self.tokenizer, policy, stats,
+                                            progress, pool)
+        for block in batched(embedded, 1024):
+            columns = {"ids": [item.id for item, _ in block], "embeddings": np.stack([v for _, v in block])}
+            if self.kind == "texts":
+                columns["texts"] = [item.text for item, _ in block]
+            writer.add(**columns)
+        return stats.items, stats.embedded
+
+    def start_merge(self):
+        self.writer = NpzWriter(self.output_file, matrices=self.matrices, strings=self.strings)
+
+    def merge_chunk(self, arrays):
+        if len(arrays["ids"]):
+            self.embed_dim = arrays["embeddings"].shape[1]
+            self.writer.add(**{name: arrays[name] if name in self.matrices else list(arrays[name])
+                               for name in self.matrices + self.strings})
+
+    def finish_merge(self, summary):
+        if summary.written == 0:
+            raise InputError(f"{self.cfg.images or self.cfg.texts}: nothing to embed (no usable {self.kind})")
+        meta = provenance(self.cfg, self.kind, self.embed_dim)
+        self.writer.finish(extra={"provenance": np.array(json.dumps(meta))})
+
+    def abort_merge(self):
+        self.writer.cleanup()
 
 
 def provenance(cfg, kind, embed_dim):
@@ -234,7 +181,8 @@ def batched(iterable, size):
         yield batch
 
 
-def _progress(enabled, kind, total=None):
-    from tqdm import tqdm
-    return tqdm(total=total, unit=kind[:-1], desc=f"embedding {kind}", disable=not enabled, dynamic_ncols=True,
-                mininterval=1.0)
+@dataclass
+class ItemCounts:
+    """What iter_image_embeddings / iter_text_embeddings count."""
+    items: int = 0
+    embedded: int = 0

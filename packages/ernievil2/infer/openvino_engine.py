@@ -69,9 +69,10 @@ def _with_weights(model_file):
 class OpenVinoEncoder:
     """Token ids / pixels -> L2-normalised float32 numpy embeddings through OpenVINO's CPU plugin."""
 
-    def __init__(self, model_dir, precision="fp32", cpu_threads=0, towers=TOWERS, image_batch=8, model_files=None):
+    def __init__(self, model_dir, precision="fp32", cpu_threads=0, towers=TOWERS, image_batch=8, model_files=None,
+                 meta=None):
         """model_files: {tower: OpenVINO model path} to run instead of the export's ONNX towers (int8: the models
-        of infer.quantize.int8_encoder)."""
+        of infer.quantize.int8_encoder).  meta: the export's export.json when the caller has read it already."""
         try:
             import openvino as ov
         except ImportError:
@@ -81,7 +82,7 @@ class OpenVinoEncoder:
         if precision == "bf16" and not runtime.cpu_has_bf16():
             raise RuntimeSupportError("precision bf16 needs a CPU with AVX512-BF16 or AMX-BF16; this one has neither "
                                       "(use precision fp32)")
-        self.meta = read_export_meta(model_dir)
+        self.meta = meta if meta is not None else read_export_meta(model_dir)
         self.model_dir = model_dir
         self.embed_dim = int(self.meta["embed_dim"])
         self.image_size = int(self.meta["image_size"])

@@ -31,7 +31,8 @@ class PredictorEncoder:
 
     def __init__(self, model_dir, device="cpu", cpu_threads=0, use_tensorrt=False, precision="fp32",
                  towers=TOWERS, use_onednn=True, gpu_id=0, trt_max_batch=64, fixed_shapes=None, text_batch=10,
-                 text_max_len=None):
+                 text_max_len=None, meta=None):
+        """meta: the export's export.json when the caller has read it already (infer.plan.EnginePlan)."""
         import paddle
         if device not in ("cpu", "gpu"):
             raise ConfigError(f"device must be cpu or gpu, got {device!r}")
@@ -49,7 +50,7 @@ class PredictorEncoder:
                 raise RuntimeSupportError("precision bf16 needs oneDNN and a CPU with AVX512-BF16 or AMX-BF16 (see the "
                                  "flags in /proc/cpuinfo); use precision fp32")
         self.model_dir = model_dir
-        self.meta = read_export_meta(model_dir)
+        self.meta = meta if meta is not None else read_export_meta(model_dir)
         self.embed_dim = int(self.meta["embed_dim"])
         self.image_size = int(self.meta["image_size"])
         self.max_text_len = int(self.meta["max_text_len"])

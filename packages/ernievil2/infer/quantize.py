@@ -36,16 +36,18 @@ def available():
     return all(importlib.util.find_spec(name) is not None for name in ("nncf", "openvino"))
 
 
-def int8_encoder(model_dir, calibration, cpu_threads=0, image_batch=8, towers=TOWERS):
-    """An OpenVinoEncoder running the int8 towers of the export in model_dir (quantised first if not cached)."""
+def int8_encoder(model_dir, calibration, cpu_threads=0, image_batch=8, towers=TOWERS, meta=None):
+    """An OpenVinoEncoder running the int8 towers of the export in model_dir (quantised first if not cached); meta:
+    its export.json when the caller has read it already."""
+    meta = meta if meta is not None else read_export_meta(model_dir)
     if not available():
         raise RuntimeSupportError('precision int8 needs NNCF and OpenVINO: pip install -e ".[int8]"')
-    towers = [t for t in towers if t in read_export_meta(model_dir)["towers"]]
+    towers = [t for t in towers if t in meta["towers"]]
     if not runtime.cpu_has_int8():  # before minutes of quantising
         raise RuntimeSupportError("precision int8 needs a CPU with AMX-INT8 or AVX512-VNNI; this one has neither "
                                   "(use precision fp32)")
     return OpenVinoEncoder(model_dir, precision="int8", cpu_threads=cpu_threads, image_batch=image_batch,
-                           towers=towers, model_files=quantized_towers(model_dir, calibration, towers))
+                           towers=towers, model_files=quantized_towers(model_dir, calibration, towers), meta=meta)
 
 
 def held_out_samples(calibration, count=32):

@@ -1,64 +1,24 @@
 """run_infer.sh: embed a TSV of text-image pairs into the official 3-column text file and its `.npz` sidecar.
 
-Both outputs are written under temporary names and renamed only when complete; a run first removes the
-temporaries that killed runs of the same output left behind.
+A chunked job (infer.job); both outputs are written under temporary names and renamed only when complete.
 """
 import os
-import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..data.row_index import RowIndex
 from ..data.tokenizer import ErnieTokenizer
-from ..data.tsv import BadRow, BadRowPolicy, parse_row, read_rows
+from ..data.tsv import BadRowPolicy, parse_row, read_rows
 from ..errors import InputError
 from ..eval.sidecar import TEXT_FILE_CHECK, sidecar_path_for, sidecar_writer
-from ..fileio import atomic_path, remove_stale_temps
+from ..fileio import AtomicFile, remove_stale_temps
 from .engines import make_encoder
+from .job import ChunkedJob, run_job
 from .options import VOCAB_HELP, WEIGHTS_HELP, engine_options, output_options, pipeline_options
 from .pipeline import iter_embeddings
-from .sharding import ChunkedRun, config_fingerprint, current_rank, file_stamp
-from .workers import start_pool
-
-
-@dataclass
-class Summary:
-    rows: int = 0
-    written: int = 0
-    images_encoded: int = 0
-    images_reused: int = 0
-    seconds: float = 0.0
-    skipped: dict = field(default_factory=dict)
-    output_file: str = ""
-    sidecar_file: str = ""
-    bad_row_log: str = ""
-    rank: int = 0
-    world: int = 1
-    reused_rows: int = 0
-    stale_chunks: int = 0
-
-    def lines(self):
-        if self.rank:
-            return [f"rank {self.rank} of {self.world}: done (rank 0 writes {self.output_file})"]
-        rate = self.written / self.seconds if self.seconds > 0 else 0.0
-        out = [f"rows read: {self.rows}, written: {self.written}, skipped: {sum(self.skipped.values())}",
-               f"distinct images encoded: {self.images_encoded} (re-used for {self.images_reused} more rows)",
-               f"time: {self.seconds:.1f} s, {rate:.2f} pairs/s",
-               f"embeddings: {self.output_file}" + (f" (+ {self.sidecar_file})" if self.sidecar_file else "")]
-        if self.world > 1:
-            out.append(f"ranks: {self.world} (rank 0's summary; every rank embedded its share of the chunks)")
-        if self.reused_rows:
-            out.append(f"resumed: reused {self.reused_rows} rows embedded by an earlier run")
-        if self.stale_chunks:
-            out.append(f"refused {self.stale_chunks} chunk(s) of an earlier run with another input, config or "
-                       f"weights")
-        for reason, count in sorted(self.skipped.items()):
-            out.append(f"  skipped {count} row(s): {reason}")
-        if self.bad_row_log:
-            out.append(f"skipped rows listed in {self.bad_row_log}")
-        return out
+from .sharding import config_fingerprint, content_hash
 
 
 def format_vector(vec):
@@ -94,93 +54,80 @@ def check_special_tokens(cfg, tokenizer):
 
 
 def run_inference(cfg, encoder=None):
-    """run_infer.sh: embed every row of cfg.test_file into cfg.output_file (+ sidecar); returns a Summary.
+    """run_infer.sh: embed every row of cfg.test_file into cfg.output_file (+ sidecar); returns a ChunkSummary.
 
-    The rows are embedded in chunks (infer.sharding): this process's share when launched as several ranks,
-    reusing the chunks an interrupted run of the same input, config and weights left; rank 0 then writes the
-    outputs.  cfg: a loaded inference config (options.load_infer_config); `encoder` (tests) replaces the
-    configured one."""
+    A chunked job (infer.job): this process's share of the chunks when launched as several ranks, reusing the
+    chunks an interrupted run of the same input, config and weights left; rank 0 then writes the outputs.
+    cfg: a loaded inference config (options.load_infer_config); `encoder` (tests) replaces the configured one."""
     check_inputs(cfg, need_weights=encoder is None)
-    start = time.time()
     tokenizer = ErnieTokenizer.from_file(cfg.vocab_file)
     check_special_tokens(cfg, tokenizer)
-    out_opts, pipe_opts = output_options(cfg), pipeline_options(cfg)
-    index = RowIndex(out_opts.test_file, what="test_file")
-    rank, world = current_rank()
-    stamp = config_fingerprint(cfg, [file_stamp(f) for f in index.files])
-    run = ChunkedRun(out_opts.output_file, stamp, len(index), cfg.chunk_rows, rank, world)
-    summary = Summary(output_file=out_opts.output_file, rank=rank, world=world)
-    summary.stale_chunks, todo, summary.reused_rows = run.plan()
-    try:
-        if todo:
-            _embed_chunks(run, todo, index, cfg, encoder, tokenizer, pipe_opts, out_opts.progress)
-        if rank == 0:
-            run.wait_for_all()
-            _merge(run, out_opts, summary)
-            run.remove()
-    finally:
-        run.remove_if_empty()
-    summary.seconds = time.time() - start
-    return summary
+    return run_job(PairsJob(cfg, tokenizer, encoder))
 
 
-def _embed_chunks(run, chunks, index, cfg, encoder, tokenizer, options, show_progress):
-    pool = start_pool(options)  # first: the workers load the vocabulary while the model loads here
-    progress = _progress(show_progress, total=sum(run.rows(c)[1] - run.rows(c)[0] for c in chunks))
-    try:
-        encoder = encoder or make_encoder(engine_options(cfg))
-        for chunk in chunks:
-            first, stop = run.rows(chunk)
-            rows = (parse_row(raw, path, line) for path, line, raw in index.iter_raw(first, stop))
-            stats, policy = Summary(), BadRowPolicy(options.on_bad_row)
+class PairsJob(ChunkedJob):
+    """run_infer.sh's rows -> text and image embeddings; merged into the official text file and its sidecar."""
+    noun = "row"
+    matrices, strings = ("text", "image"), ("image_ids",)
 
-            def fill(writer):
-                for row, text_emb, image_emb in iter_embeddings(rows, options, encoder, tokenizer, policy, stats,
-                                                                progress, pool):
-                    writer.add(text=text_emb[None], image=image_emb[None], image_ids=[row.image_id])
-                return {"rows": stats.rows, "written": stats.written, "images_encoded": stats.images_encoded,
-                        "skipped": [[b.path, b.line, b.reason] for b in policy.skipped]}
-            run.write_chunk(chunk, ("text", "image"), ("image_ids",), fill, done=chunks.index(chunk) + 1)
-    finally:
-        progress.close()
-        pool.terminate()
-        pool.join()
+    def __init__(self, cfg, tokenizer, encoder=None):
+        out = output_options(cfg)
+        self.index = RowIndex(out.test_file, what="test_file")
+        super().__init__(out.output_file, config_fingerprint(cfg, [content_hash([f]) for f in self.index.files]),
+                         len(self.index), cfg.chunk_rows, pipeline_options(cfg), out.bad_row_log, out.progress)
+        self.cfg, self.tokenizer, self.encoder = cfg, tokenizer, encoder
+        self.sidecar_path = sidecar_path_for(out.output_file) if out.write_sidecar else None
+
+    def prepare(self):
+        self.encoder = self.encoder or make_encoder(engine_options(self.cfg))
+
+    def fill(self, first, stop, writer, policy, counts, progress, pool):
+        rows = (parse_row(raw, path, line) for path, line, raw in self.index.iter_raw(first, stop))
+        stats = _Stats()
+        for row, text_emb, image_emb in iter_embeddings(rows, self.options, self.encoder, self.tokenizer, policy,
+                                                        stats, progress, pool):
+            writer.add(text=text_emb[None], image=image_emb[None], image_ids=[row.image_id])
+        counts["images_encoded"] = stats.images_encoded
+        return stats.rows, stats.written
+
+    def start_merge(self):
+        if self.sidecar_path:
+            remove_stale_temps(self.sidecar_path)
+        self.sidecar = sidecar_writer(self.sidecar_path) if self.sidecar_path else None
+        self.out = AtomicFile(self.output_file)
+        self.size, self.crc = 0, 0  # of the bytes written, for the sidecar's check (no second read of the file)
+
+    def merge_chunk(self, arrays):
+        text, image, ids = arrays["text"], arrays["image"], [str(i) for i in arrays["image_ids"]]
+        block = "".join(f"{format_vector(t)}\t{format_vector(i)}\t{k}\n"
+                        for t, i, k in zip(text, image, ids)).encode("utf-8")
+        self.out.write(block)
+        self.size, self.crc = self.size + len(block), zlib.crc32(block, self.crc)
+        if self.sidecar and ids:
+            self.sidecar.add(text=text, image=image, image_ids=ids)
+
+    def finish_merge(self, summary):
+        if self.sidecar:
+            self.sidecar.finish(extra={TEXT_FILE_CHECK: np.array([self.size, self.crc], np.int64)})
+            summary.also_written.append(self.sidecar_path)
+        self.out.publish()
+        encoded = summary.counts.get("images_encoded", 0)
+        summary.notes.append(f"distinct images encoded: {encoded} (re-used for {summary.written - encoded} more "
+                             f"rows)")
+
+    def abort_merge(self):
+        if self.sidecar:
+            self.sidecar.cleanup()
+        self.out.discard()  # (after publish: nothing left to remove)
 
 
-def _merge(run, out_opts, summary):
-    """Rank 0: the chunks, in order, into the official text file, the .npz sidecar and the bad-row log."""
-    remove_stale_temps(out_opts.output_file)
-    policy = BadRowPolicy("skip", out_opts.bad_row_log or f"{out_opts.output_file}.skipped.txt")
-    sidecar_path = sidecar_path_for(out_opts.output_file) if out_opts.write_sidecar else None
-    if sidecar_path:
-        remove_stale_temps(sidecar_path)
-    sidecar = sidecar_writer(sidecar_path) if sidecar_path else None
-    try:
-        with atomic_path(out_opts.output_file) as tmp_out, open(tmp_out, "wb") as out:
-            size, crc = 0, 0  # of the bytes written, for the sidecar's check (no second read of the file)
-            for chunk in range(run.count):
-                arrays, meta = run.load(chunk)
-                text, image, ids = arrays["text"], arrays["image"], [str(i) for i in arrays["image_ids"]]
-                block = "".join(f"{format_vector(t)}\t{format_vector(i)}\t{k}\n"
-                                for t, i, k in zip(text, image, ids)).encode("utf-8")
-                out.write(block)
-                size, crc = size + len(block), zlib.crc32(block, crc)
-                if sidecar and ids:
-                    sidecar.add(text=text, image=image, image_ids=ids)
-                summary.rows += meta["rows"]
-                summary.written += meta["written"]
-                summary.images_encoded += meta["images_encoded"]
-                policy.skipped += [BadRow(*bad) for bad in meta["skipped"]]
-            if sidecar:
-                sidecar.finish(extra={TEXT_FILE_CHECK: np.array([size, crc], np.int64)})
-                summary.sidecar_file = sidecar_path
-        policy.close()
-    finally:
-        if sidecar:
-            sidecar.cleanup()
-    summary.images_reused = summary.written - summary.images_encoded
-    summary.skipped = dict(policy.reason_counts())
-    summary.bad_row_log = policy.log_path if policy.skipped else ""
+@dataclass
+class _Stats:
+    """What iter_embeddings counts."""
+    rows: int = 0
+    written: int = 0
+    images_encoded: int = 0
+    images_reused: int = 0
 
 
 def embed_file(path, options, encoder):
@@ -189,16 +136,10 @@ def embed_file(path, options, encoder):
     tokenizer = ErnieTokenizer.from_file(options.vocab_file)
     policy = BadRowPolicy(options.on_bad_row)
     texts, images, ids = [], [], []
-    for row, t, i in iter_embeddings(read_rows(path), options, encoder, tokenizer, policy, Summary()):
+    for row, t, i in iter_embeddings(read_rows(path), options, encoder, tokenizer, policy, _Stats()):
         texts.append(t)
         images.append(i)
         ids.append(row.image_id)
     if not ids:
         raise InputError(f"{path}: no usable rows to embed")
     return np.stack(texts), np.stack(images), ids
-
-
-def _progress(enabled, total=None):
-    from tqdm import tqdm
-    return tqdm(total=total, unit="pair", desc="embedding", disable=not enabled, dynamic_ncols=True,
-                mininterval=1.0)

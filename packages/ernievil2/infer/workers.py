@@ -9,6 +9,7 @@ import numpy as np
 from ..data.images import decode_base64_image, decode_image
 from ..data.tokenizer import ErnieTokenizer
 from ..data.transforms import preprocess_eval
+from ..runtime import die_with_parent
 
 _WORKER_STATE = {}
 
@@ -84,8 +85,13 @@ def start_pool(options):
     """A spawn pool of `options.num_workers` processes (an inline stand-in for 0) prepared with init_worker."""
     initargs = (options.vocab_file, options.max_text_len, options.image_size, options.max_image_pixels)
     if options.num_workers > 0:
-        return multiprocessing.get_context("spawn").Pool(options.num_workers, init_worker, initargs)
+        return multiprocessing.get_context("spawn").Pool(options.num_workers, _init_pool_worker, initargs)
     return InlinePool(initargs)
+
+
+def _init_pool_worker(*initargs):
+    die_with_parent()  # a worker process ends with its rank, whatever kills the rank
+    init_worker(*initargs)
 
 
 def prefetched(pool, fn, work, depth):

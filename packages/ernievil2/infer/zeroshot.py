@@ -7,23 +7,23 @@ source; a TSV with a label column first (`label \\t image_id \\t base64`) also y
 import collections
 import json
 import logging
-import time
 import unicodedata
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..config import Field
 from ..data.prompts import ZEROSHOT_TEMPLATES, read_labels, read_templates
-from ..data.sources import image_items
+from ..data.sources import image_source
 from ..data.tokenizer import ErnieTokenizer
-from ..data.tsv import BadRow, BadRowPolicy
+from ..data.tsv import BadRow
 from ..errors import ConfigError, InputError
-from ..fileio import atomic_path, remove_stale_temps
+from ..fileio import AtomicFile
 from .engines import make_encoder
-from .gallery import GallerySummary, batched, iter_image_embeddings
+from .gallery import ItemCounts, batched, iter_image_embeddings
+from .job import ChunkedJob, run_job
 from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
+from .sharding import config_fingerprint, source_hash
 
 logger = logging.getLogger(__name__)
 
@@ -72,43 +72,6 @@ def classify(image_embeddings, class_vectors, logit_scale, top_k=5):
     return order, np.take_along_axis(probs, order, axis=1)
 
 
-@dataclass
-class ZeroShotSummary:
-    images: int = 0
-    classified: int = 0
-    seconds: float = 0.0
-    skipped: dict = field(default_factory=dict)
-    output_file: str = ""
-    bad_row_log: str = ""
-    labels: list = field(default_factory=list)
-    top1: collections.Counter = field(default_factory=collections.Counter)  # per true label: correct at 1
-    top5: collections.Counter = field(default_factory=collections.Counter)
-    seen: collections.Counter = field(default_factory=collections.Counter)  # per true label: images
-
-    @property
-    def labelled(self):
-        return sum(self.seen.values()) > 0
-
-    def accuracy(self):
-        """{"top1": %, "top5": %, "images": n, "per_class": {label: {"images", "top1", "top5"}}} (labelled)."""
-        n = sum(self.seen.values())
-        per_class = {label: {"images": self.seen[label], "top1": _pct(self.top1[label], self.seen[label]),
-                             "top5": _pct(self.top5[label], self.seen[label])}
-                     for label in self.labels if self.seen[label]}
-        return {"images": n, "top1": _pct(sum(self.top1.values()), n), "top5": _pct(sum(self.top5.values()), n),
-                "per_class": per_class}
-
-    def lines(self):
-        out = [f"images read: {self.images}, classified: {self.classified}, skipped: {sum(self.skipped.values())}",
-               f"time: {self.seconds:.1f} s", f"predictions: {self.output_file}"]
-        out += [f"  skipped {count} image(s): {reason}" for reason, count in sorted(self.skipped.items())]
-        if self.bad_row_log:
-            out.append(f"skipped images listed in {self.bad_row_log}")
-        if self.labelled:
-            out += ["", format_accuracy(self.accuracy())]
-        return out
-
-
 def format_accuracy(acc):
     """Top-1 / top-5 accuracy and a per-class table (github-style, like eval_retri.py's)."""
     rows = [["all", str(acc["images"]), f"{acc['top1']:.2f}", f"{acc['top5']:.2f}"]]
@@ -124,45 +87,101 @@ def format_accuracy(acc):
 
 
 def run_zeroshot(cfg, encoder=None):
-    """The `zeroshot` command (cfg from load_zeroshot_config); `encoder` (tests) replaces the configured one."""
-    start = time.time()
-    labels = read_labels(cfg.labels)
-    templates = read_templates(cfg.templates) if cfg.templates else ZEROSHOT_TEMPLATES
-    items = image_items(cfg.images, labelled=True)
-    tokenizer = ErnieTokenizer.from_file(cfg.vocab_file)
-    encoder = encoder or make_encoder(engine_options(cfg))
-    options = pipeline_options(cfg)
-    vectors = class_embeddings(encoder, tokenizer, labels, templates, cfg.max_text_seqlen, options.batch_size)
-    scale = encoder.logit_scale
-    if scale is None:
-        logger.warning("this export does not record the model's logit scale; scores use %s (rankings and accuracy "
-                       "are unaffected; export again to record it)", FALLBACK_LOGIT_SCALE)
-        scale = FALLBACK_LOGIT_SCALE
-    remove_stale_temps(cfg.output_file)
-    policy = BadRowPolicy(options.on_bad_row, cfg.bad_row_log or f"{cfg.output_file}.skipped.txt")
-    summary = ZeroShotSummary(output_file=cfg.output_file, labels=labels)
-    stats = GallerySummary()
-    known = set(labels)
-    with atomic_path(cfg.output_file) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        embedded = iter_image_embeddings(_checked_labels(items, known, cfg.labels), options, encoder, policy,
-                                         stats)
-        for block in batched(embedded, 256):
-            order, probs = classify(np.stack([v for _, v in block]), vectors, scale, cfg.top_k)
+    """The `zeroshot` command (cfg from load_zeroshot_config); `encoder` (tests) replaces the configured one.  A
+    chunked job (infer.job): sharded over ranks and resumable like run_infer.sh; returns a ChunkSummary whose
+    `accuracy` is set for labelled images."""
+    return run_job(ZeroShotJob(cfg, encoder))
+
+
+class ZeroShotJob(ChunkedJob):
+    """Images -> their top-k classes as JSONL records (one text column of a chunk); merged into PRED.jsonl."""
+    noun, verb = "image", "classified"
+    strings = ("records",)
+
+    def __init__(self, cfg, encoder=None):
+        self.labels = read_labels(cfg.labels)
+        self.templates = read_templates(cfg.templates) if cfg.templates else ZEROSHOT_TEMPLATES
+        self.source = image_source(cfg.images, labelled=True)
+        stamp = config_fingerprint(cfg, [source_hash(self.source), self.labels, self.templates])
+        super().__init__(cfg.output_file, stamp, self.source.count, cfg.chunk_rows, pipeline_options(cfg),
+                         cfg.bad_row_log, cfg.progress)
+        self.cfg, self.encoder = cfg, encoder
+
+    def prepare(self):
+        self.encoder = self.encoder or make_encoder(engine_options(self.cfg))
+        tokenizer = ErnieTokenizer.from_file(self.cfg.vocab_file)
+        self.vectors = class_embeddings(self.encoder, tokenizer, self.labels, self.templates,
+                                        self.cfg.max_text_seqlen, self.options.batch_size)
+        self.scale = self.encoder.logit_scale
+        if self.scale is None:
+            logger.warning("this export does not record the model's logit scale; scores use %s (rankings and "
+                           "accuracy are unaffected; export again to record it)", FALLBACK_LOGIT_SCALE)
+            self.scale = FALLBACK_LOGIT_SCALE
+
+    def fill(self, first, stop, writer, policy, counts, progress, pool):
+        items = _checked_labels(self.source.items(first, stop), set(self.labels), self.cfg.labels)
+        stats = ItemCounts()
+        for block in batched(iter_image_embeddings(items, self.options, self.encoder, policy, stats, progress, pool),
+                             256):
+            order, probs = classify(np.stack([v for _, v in block]), self.vectors, self.scale, self.cfg.top_k)
+            records = []
             for (item, _), best, p in zip(block, order, probs):
-                _record(summary, item, [labels[i] for i in best])
-                record = {"image_id": item.id, "predictions": [{"label": labels[i], "score": round(float(q), 6)}
+                record = {"image_id": item.id, "predictions": [{"label": self.labels[i], "score": round(float(q), 6)}
                                                                for i, q in zip(best, p)]}
                 if item.label is not None:
                     record["label"] = item.label
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        if stats.embedded == 0:
-            raise InputError(f"{cfg.images}: no usable images to classify")
-    policy.close()
-    summary.images, summary.classified = stats.items, stats.embedded
-    summary.skipped = dict(policy.reason_counts())
-    summary.bad_row_log = policy.log_path if policy.skipped else ""
-    summary.seconds = time.time() - start
-    return summary
+                records.append(json.dumps(record, ensure_ascii=False))
+            writer.add(records=records)
+        return stats.items, stats.embedded
+
+    def start_merge(self):
+        self.out = AtomicFile(self.output_file)
+        self.score = Accuracy(self.labels)
+
+    def merge_chunk(self, arrays):
+        for line in arrays["records"]:
+            record = json.loads(str(line))
+            self.score.add(record.get("label"), [p["label"] for p in record["predictions"]])
+            self.out.write((str(line) + "\n").encode("utf-8"))
+
+    def finish_merge(self, summary):
+        if summary.written == 0:
+            raise InputError(f"{self.cfg.images}: no usable images to classify")
+        self.out.publish()
+        if self.score.labelled:
+            summary.accuracy = self.score.accuracy()
+            summary.notes += ["", format_accuracy(summary.accuracy)]
+
+    def abort_merge(self):
+        self.out.discard()
+
+
+class Accuracy:
+    """Top-1 / top-5 hits per true label."""
+
+    def __init__(self, labels):
+        self.labels = labels
+        self.top1, self.top5, self.seen = collections.Counter(), collections.Counter(), collections.Counter()
+
+    @property
+    def labelled(self):
+        return sum(self.seen.values()) > 0
+
+    def add(self, label, predicted):
+        if label is None:
+            return
+        self.seen[label] += 1
+        self.top1[label] += predicted[0] == label
+        self.top5[label] += label in predicted[:5]
+
+    def accuracy(self):
+        """{"top1": %, "top5": %, "images": n, "per_class": {label: {"images", "top1", "top5"}}}."""
+        n = sum(self.seen.values())
+        per_class = {label: {"images": self.seen[label], "top1": _pct(self.top1[label], self.seen[label]),
+                             "top5": _pct(self.top5[label], self.seen[label])}
+                     for label in self.labels if self.seen[label]}
+        return {"images": n, "top1": _pct(sum(self.top1.values()), n), "top5": _pct(sum(self.top5.values()), n),
+                "per_class": per_class}
 
 
 def _checked_labels(items, known, labels_path):
@@ -171,14 +190,6 @@ def _checked_labels(items, known, labels_path):
         if not isinstance(item, BadRow) and item.label is not None and item.label not in known:
             raise InputError(f"{item.where}: label {item.label!r} is not one of the classes in {labels_path}")
         yield item
-
-
-def _record(summary, item, predicted):
-    if item.label is None:
-        return
-    summary.seen[item.label] += 1
-    summary.top1[item.label] += predicted[0] == item.label
-    summary.top5[item.label] += item.label in predicted[:5]
 
 
 def _pct(count, n):

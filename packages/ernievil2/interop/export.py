@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError, ExportError, InferenceModelError
-from ..fileio import atomic_write, remove_stale_temps, temp_path_for, write_text_atomic
+from ..fileio import atomic_write, recover_folder, remove_stale_temps, swap_in_folder, temp_path_for, write_text_atomic
 
 META_FILE = "export.json"
 FORMAT = "ernievil2-inference-model"
@@ -133,17 +133,15 @@ def _check_replaceable(out_dir):
 def _staging_dir(out_dir):
     """Build the export in a sibling directory, then swap it in: readers see the old export or the new one."""
     out_dir = os.path.abspath(out_dir)
+    recover_folder(out_dir)  # an export that crashed between the two renames of its swap
     remove_stale_temps(out_dir)  # what exports killed half-way left behind
-    stage, old = temp_path_for(out_dir, ".partial"), temp_path_for(out_dir, ".old")
+    stage = temp_path_for(out_dir, ".partial")
     shutil.rmtree(stage, ignore_errors=True)
     os.makedirs(stage)
     try:
         yield stage
         _check_replaceable(out_dir)
-        if os.path.exists(out_dir):
-            os.replace(out_dir, old)
-        os.replace(stage, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in_folder(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -155,6 +153,7 @@ def read_export_meta(model_dir):
     hint = "Export the towers first: python -m ernievil2 export CONFIG -o inference_model_dir=DIR"
     if not model_dir:
         raise InferenceModelError(f"inference_model_dir is not set. {hint}")
+    recover_folder(model_dir)  # an export that crashed between the two renames of its swap left the old one aside
     if not os.path.isdir(model_dir):
         raise InferenceModelError(f"{model_dir}: inference model directory not found. {hint}")
     path = os.path.join(model_dir, META_FILE)

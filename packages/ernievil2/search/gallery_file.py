@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from ..errors import EmbeddingFileError
+from ..fileio import has_strings, read_strings
 
 
 def read_gallery(path):
@@ -12,12 +13,12 @@ def read_gallery(path):
     try:
         with np.load(path, allow_pickle=False) as z:
             names = set(z.files)
-            if {"ids", "embeddings"} <= names:
-                ids, vectors = [str(i) for i in z["ids"]], z["embeddings"]
-                metadata = [str(t) for t in z["texts"]] if "texts" in names else None
+            if has_strings(z, "ids") and "embeddings" in names:
+                ids, vectors = read_strings(z, "ids"), z["embeddings"]
+                metadata = read_strings(z, "texts") if has_strings(z, "texts") else None
                 provenance = json.loads(z["provenance"].item()) if "provenance" in names else {}
-            elif {"image", "image_ids"} <= names:
-                ids, vectors, metadata, provenance = _distinct_images(z["image_ids"], z["image"])
+            elif "image" in names and has_strings(z, "image_ids"):
+                ids, vectors, metadata, provenance = _distinct_images(read_strings(z, "image_ids"), z["image"])
             else:
                 raise EmbeddingFileError(f"{path}: neither an embed output (ids, embeddings) nor a run_infer.sh "
                                          f"sidecar (image, image_ids); it has {', '.join(sorted(names))}")

@@ -19,7 +19,7 @@ import uuid
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..fileio import remove_stale_temps, temp_path_for, write_text_atomic
+from ..fileio import recover_folder, remove_stale_temps, swap_in_folder, temp_path_for, write_text_atomic
 from .backends import FaissStore, open_store
 from .filters import FieldTable
 from .gallery_access import GalleryReader, describe_gallery, tsv_offsets
@@ -250,6 +250,7 @@ logger = logging.getLogger(__name__)
 
 
 def read_manifest(index_dir):
+    recover_folder(index_dir)  # a build that crashed between the two renames of its swap left the old index aside
     path = os.path.join(index_dir, MANIFEST)
     if not os.path.isfile(path):
         raise InputError(f"{index_dir}: not a search index ({MANIFEST} missing); build one with "
@@ -340,6 +341,7 @@ def publish(index_dir, store, ids, metadata, manifest, offsets=None, vectors=Non
     vectors are kept (vectors.npy) except for flat faiss indexes, whose index file holds them exactly; records
     are sync's per-item identities (sync.py)."""
     index_dir = os.path.abspath(index_dir)
+    recover_folder(index_dir)  # an earlier build that crashed between the two renames of its swap
     if os.path.exists(index_dir) and os.listdir(index_dir) and not os.path.isfile(os.path.join(index_dir, MANIFEST)):
         raise ConfigError(f"{index_dir}: exists and is not a search index; refusing to replace it")
     try:
@@ -348,7 +350,7 @@ def publish(index_dir, store, ids, metadata, manifest, offsets=None, vectors=Non
         previous = None
     manifest["version"] = int((previous or {}).get("version", 0)) + 1
     remove_stale_temps(index_dir)
-    stage, old = temp_path_for(index_dir, ".partial"), temp_path_for(index_dir, ".old")
+    stage = temp_path_for(index_dir, ".partial")
     os.makedirs(stage)
     try:
         store.save(stage)
@@ -364,10 +366,7 @@ def publish(index_dir, store, ids, metadata, manifest, offsets=None, vectors=Non
         if offsets is not None:
             np.save(os.path.join(stage, "gallery_offsets.npy"), offsets)
         write_text_atomic(os.path.join(stage, MANIFEST), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        if os.path.exists(index_dir):
-            os.replace(index_dir, old)
-        os.replace(stage, index_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in_folder(stage, index_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return previous

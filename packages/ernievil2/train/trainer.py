@@ -28,7 +28,7 @@ from ..interop.convert import load_any_layout
 from ..model.configs import ModelConfig
 from ..model.dual_encoder import ErnieViL2
 from ..model.weights import save_weights, state_arrays
-from ..runtime import gpu_count, resolve_device, set_cpu_threads
+from ..runtime import die_with_parent, gpu_count, resolve_device, set_cpu_threads
 from . import distributed as dist
 from .checkpoints import TrainingParts, checkpoint_dirs, read_checkpoint, write_checkpoint
 from .data import MultiViewDataset, collate_samples, read_tags_file
@@ -191,6 +191,7 @@ class Trainer:
                                            num_workers=cfg.data.num_workers,
                                            collate_fn=lambda samples: collate_samples(samples, pad_id),
                                            use_shared_memory=False, persistent_workers=False,
+                                           worker_init_fn=_die_with_rank,
                                            use_buffer_reader=cfg.data.num_workers > 0)
 
     def _find_resume(self):
@@ -307,7 +308,6 @@ class Trainer:
                     dist.barrier()  # while rank 0 evaluates, the others wait here, not in a collective
                 if cfg.schedule.save_every and self.step % cfg.schedule.save_every == 0:
                     self.save_checkpoint()
-                _crash_if_asked(self.step)
         finally:
             if progress:
                 progress.close()
@@ -443,12 +443,8 @@ class Trainer:
         return final
 
 
-def _crash_if_asked(step):
-    """Fault injection for the kill-and-resume test: ERNIEVIL2_KILL_AT_STEP=N SIGKILLs the process after step N."""
-    at = os.environ.get("ERNIEVIL2_KILL_AT_STEP")
-    if at and int(at) == step:
-        import signal
-        os.kill(os.getpid(), signal.SIGKILL)
+def _die_with_rank(worker_id):
+    die_with_parent()  # a data-loader worker ends with its rank, whatever kills the rank
 
 
 def _identities(batch):

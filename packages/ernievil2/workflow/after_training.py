@@ -43,7 +43,7 @@ def after_training(out_dir, cfg, device):
     logger.info("embedding the test split %s with %s", infer_cfg.test_file, infer_cfg.init_from_params)
     model = model_from_config(infer_cfg)  # one encoder for every step
     result.embedding = run_inference(infer_cfg, encoder=model.encoder)
-    embeddings = load_embeddings(result.embedding.sidecar_file or infer_cfg.output_file)
+    embeddings = load_embeddings(_sidecar(result.embedding) or infer_cfg.output_file)
     try:
         result.metrics = retrieval_metrics(*embeddings, folds=cfg.data.test_folds)
     except ValueError as e:  # folds that do not divide the test images: known only now
@@ -52,6 +52,11 @@ def after_training(out_dir, cfg, device):
     if cfg.search.queries:
         _search(result, cfg, out_dir, model)
     return result
+
+
+def _sidecar(summary):
+    """The .npz sidecar run_infer wrote beside its text output, if it wrote one."""
+    return next((path for path in summary.also_written if path.endswith(".npz")), None)
 
 
 def _note(result, text):
@@ -75,7 +80,7 @@ def _zeroshot(result, infer_yaml, overrides, zeroshot, out_dir, model):
 
 def _search(result, cfg, out_dir, model):
     index_dir = os.path.join(out_dir, "search_index")
-    sidecar = result.embedding.sidecar_file
+    sidecar = _sidecar(result.embedding)
     if not sidecar:
         _note(result, "search left out: the test split's .npz sidecar was not written (write_sidecar: false)")
         return
