@@ -46,8 +46,9 @@ INFER_SCHEMA = Section({
     # --- our additions ---
     "vision_model": Field("vit_b16", type=(str, dict), doc="vit_b16, vit_l14, or a mapping of vision tower keys"),
     "image_size": Field(224, minimum=1, doc="square input side in pixels"),
-    "engine": Field("auto", choices=("auto", "eager", "paddle_inference", "openvino"),
-                    doc="auto: openvino when installed, else paddle_inference on the CPU; eager on the GPU"),
+    "engine": Field("auto", choices=("auto", "eager", "paddle_inference", "openvino"), affects_output=False,
+                    doc="auto: openvino when installed, else paddle_inference on the CPU; eager on the GPU (the "
+                        "engine that actually ran is part of a chunk's fingerprint)"),
     "inference_model_dir": Field(None, type=str, doc="exported towers; null: export init_from_params once"),
     "precision": Field("fp32", choices=("fp32", "bf16", "int8", "auto"),
                        doc="fp32 reproduces the official embeddings; bf16 (CPUs with AVX512-BF16/AMX) and int8 "

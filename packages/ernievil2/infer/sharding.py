@@ -35,6 +35,7 @@ from ..fileio import (
     string_columns,
     write_text_atomic,
 )
+from .options import OUTPUT_ONLY_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,9 @@ def source_hash(source):
     return content_hash([source.path])
 
 
-# Config keys about where outputs go or how work is spread: a resumed run may change them and reuse its chunks.
-# (The device, engine and precision that actually ran are part of the fingerprint instead: infer.job.)
-OUTPUT_ONLY_KEYS = ("output_file", "bad_row_log", "write_sidecar", "progress", "num_workers", "prefetch_batches",
-                    "device", "engine", "cpu_processes")
+# Config keys about where outputs go or how work is spread (affects_output=False in the schema) may change in a
+# resumed run that reuses its chunks; the device, engine and precision that actually ran are part of the
+# fingerprint instead (infer.job).
 # Config keys naming files: their content is in the fingerprint, not their path.
 FILE_KEYS = ("test_file", "vocab_file", "init_from_params", "text_model_config", "inference_model_dir",
              "calibration_file", "images", "texts", "labels", "templates")
@@ -100,7 +100,7 @@ FILE_KEYS = ("test_file", "vocab_file", "init_from_params", "text_model_config",
 def config_fingerprint(cfg, inputs):
     """What a job's numbers depend on: `inputs` (content hashes of the items' files), every config value that is
     not just about where outputs go, and the content of the vocabulary, weights, export and text config files."""
-    values = {k: v for k, v in cfg.to_dict().items() if k not in OUTPUT_ONLY_KEYS + FILE_KEYS}
+    values = {k: v for k, v in cfg.to_dict().items() if k not in OUTPUT_ONLY_KEYS and k not in FILE_KEYS}
     files = {key: content_hash([cfg[key]]) for key in ("vocab_file", "init_from_params", "text_model_config")
              if cfg[key] and os.path.isfile(cfg[key])}
     if cfg.inference_model_dir and os.path.isdir(cfg.inference_model_dir):
