@@ -43,7 +43,7 @@ setup(
     python_requires=">=3.9",
     package_dir={"": "packages"},
     packages=find_packages("packages"),
-    package_data={"ernievil2.serve": ["page.html"]},
+    package_data={"ernievil2.serve": ["page.html"], "ernievil2.data": ["object_vocab_zh.txt"]},
     install_requires=read_requirements(),
     extras_require={"search": SEARCH, "milvus": MILVUS, "openvino": OPENVINO, "int8": INT8,
                     "test": ["pytest>=7", "selenium>=4.10", *SEARCH, *MILVUS, *INT8]},

@@ -8,6 +8,7 @@ COMMANDS = {
     "launch-plan": ("train", "launch_plan_main", "how run_train.sh starts a config (used by it)"),
     "embed": ("gallery", "embed_main", "embed an image folder/TSV or a list of texts into an .npz"),
     "zeroshot": ("gallery", "zeroshot_main", "zero-shot image classification (accuracy for labelled TSVs)"),
+    "tag": ("tag", "tag_main", "object tags for images, zero-shot from a vocabulary (the trainer's tags file)"),
     "index": ("search", "index_main", "build a search index (faiss or Milvus) over embeddings"),
     "search": ("search", "search_main", "search an index with a text or an image"),
     "serve": ("search", "serve_main", "HTTP search service and web page over an index"),
