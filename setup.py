@@ -43,7 +43,7 @@ setup(
     python_requires=">=3.9",
     package_dir={"": "packages"},
     packages=find_packages("packages"),
-    package_data={"ernievil2.serve": ["page.html"]},
+    package_data={"ernievil2.serve": ["page.html"], "ernievil2.data": ["object_vocab_zh.txt"]},
     install_requires=read_requirements(),
     # "search" is kept (empty) so that existing `pip install -e ".[search]"` commands still work.
     extras_require={"search": [], "milvus": MILVUS, "openvino": OPENVINO, "int8": INT8,

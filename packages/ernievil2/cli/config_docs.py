@@ -6,7 +6,7 @@ import sys
 
 from ..config import describe_schema
 from ..fileio import write_text_atomic
-from ..infer.options import EMBED_SCHEMA, INFER_SCHEMA, ZEROSHOT_SCHEMA
+from ..infer.options import EMBED_SCHEMA, INFER_SCHEMA, TAG_SCHEMA, ZEROSHOT_SCHEMA
 from ..model.configs import TEXT_SCHEMA, VISION_SCHEMA
 from ..train.config import TRAIN_SCHEMA
 from .common import guarded
@@ -34,6 +34,8 @@ SECTIONS = [
     ("`python -m ernievil2 zeroshot`: extra keys",
      {k: ZEROSHOT_SCHEMA[k] for k in ZEROSHOT_SCHEMA if k not in INFER_SCHEMA},
      "`output_file` is the `.jsonl` of predictions."),
+    ("`python -m ernievil2 tag`: extra keys", {k: TAG_SCHEMA[k] for k in TAG_SCHEMA if k not in EMBED_SCHEMA},
+     "`images` is what is tagged; `output_file` is the tags file (`image_id \\t tag1,tag2,...`)."),
     ("Training (`run_train.sh`)", TRAIN_SCHEMA, TRAIN_SCHEMA.doc),
     ("Image tower (`model.vision`, `vision_model`)", VISION_SCHEMA, VISION_SCHEMA.doc),
     ("Text tower (`model.text`, `text_model_config`)", TEXT_SCHEMA, TEXT_SCHEMA.doc + " (an ernie_config JSON's "

@@ -22,6 +22,8 @@ def main(argv=None):
     parser.add_argument("--on-bad-row", choices=("error", "skip"), default="error",
                         help="error: stop at the first bad input row (default); skip: skip and count them")
     parser.add_argument("--bad-rows-log", help="with --on-bad-row skip: write the skipped rows' reasons here")
+    parser.add_argument("--tags", help="a tags file (image_id<TAB>tag1,tag2,..., e.g. from `tag`) for the rows "
+                                       "whose captions record gives no tags")
     args = parser.parse_args(argv)
     folder_mode = args.images is not None or args.captions is not None
     clip_mode = args.clip_imgs is not None or args.clip_texts is not None
@@ -38,12 +40,14 @@ def main(argv=None):
 
     def run():
         from ..data.convert import convert_chinese_clip, convert_folder
+        from ..data.tags import read_tags_file
+        tags = read_tags_file(args.tags) if args.tags else None
         if folder_mode:
             summary = convert_folder(args.images, args.captions, args.out, args.on_bad_row, args.max_side,
-                                     args.bad_rows_log, args.captions_format)
+                                     args.bad_rows_log, args.captions_format, tags_by_image=tags)
         else:
             summary = convert_chinese_clip(args.clip_imgs, args.clip_texts, args.out, args.on_bad_row,
-                                           args.max_side, args.bad_rows_log)
+                                           args.max_side, args.bad_rows_log, tags_by_image=tags)
         print(summary.line())
 
     return guarded(run, bad_row_hint="(use --on-bad-row skip to skip such rows); no output written",

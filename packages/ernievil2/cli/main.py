@@ -9,6 +9,7 @@ COMMANDS = {
     "launch-plan": ("launch_plan", "how run_train.sh / run_infer.sh start a config (used by them)"),
     "embed": ("embed", "embed an image folder/TSV or a list of texts into an .npz"),
     "zeroshot": ("zeroshot", "zero-shot image classification (accuracy for labelled TSVs)"),
+    "tag": ("tag", "object tags for images, zero-shot from a vocabulary (the trainer's tags file)"),
     "index": ("index", "build a search index (faiss or Milvus) over embeddings"),
     "search": ("search", "search an index with a text or an image"),
     "serve": ("serve", "HTTP search service and web page over an index"),

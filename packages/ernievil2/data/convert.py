@@ -134,13 +134,16 @@ def _require_file(path, what):
         raise InputError(f"{path}: {what} not found")
 
 
-def _write_rows(out_path, rows, summary):
-    """Stream (text, image_id, b64, tags) tuples to ``out_path`` atomically; counts go into ``summary``."""
+def _write_rows(out_path, rows, summary, tags_by_image=None):
+    """Stream (text, image_id, b64, tags) tuples to ``out_path`` atomically; counts go into ``summary``.  A row
+    without tags of its own takes its image's from ``tags_by_image`` ({image_id: [tags]}, a tags file)."""
+    tags_by_image = tags_by_image or {}
+
     def counted():
         for text, image_id, b64, tags in rows:
             summary.rows += 1
             summary.image_ids.add(image_id)
-            yield text, image_id, b64, tags or None
+            yield text, image_id, b64, tags or ",".join(tags_by_image.get(image_id, ())) or None
         if summary.rows == 0:  # raised inside the write: nothing is renamed into place
             raise ConvertError(f"{out_path}: no rows to write (every input row was bad: {summary.skipped} skipped)")
     write_tsv(out_path, counted())
@@ -262,7 +265,7 @@ def _captions_format(captions_path, captions_format):
 
 
 def convert_folder(images_dir, captions_path, out_path, on_bad_row="error", max_side=None, bad_row_log=None,
-                   captions_format=None, max_pixels=DEFAULT_MAX_PIXELS):
+                   captions_format=None, max_pixels=DEFAULT_MAX_PIXELS, tags_by_image=None):
     """Images folder + JSONL/CSV captions -> TSV.  Returns a ConvertSummary.  The two input styles of this module:
 
     * a folder of images plus a captions file, JSONL (``{"image": "cats/1.jpg", "caption": "...", "tags": [...]}``;
@@ -275,7 +278,8 @@ def convert_folder(images_dir, captions_path, out_path, on_bad_row="error", max_
     Images are checked by decoding them with OpenCV (what training and inference use); their original bytes
     are kept unless ``max_side`` asks to shrink larger ones, which are then re-encoded as JPEG (quality 90).
     Problems are reported as ``path:LINE: reason``; with ``on_bad_row="skip"`` they are counted and skipped.
-    The output is written atomically.
+    The output is written atomically.  ``tags_by_image`` ({image_id: [tags]}, e.g. data.tags.read_tags_file
+    of what `tag` wrote) fills the tags column of rows whose record has no tags.
     """
     if not os.path.isdir(images_dir):
         raise InputError(f"{images_dir}: images folder not found")
@@ -329,7 +333,7 @@ def convert_folder(images_dir, captions_path, out_path, on_bad_row="error", max_
             yield text, image_id, b64, tags
 
     try:
-        return _write_rows(out_path, rows(), summary)
+        return _write_rows(out_path, rows(), summary, tags_by_image)
     finally:
         policy.close()
 
@@ -391,8 +395,9 @@ class _ImageTsvIndex:
 
 
 def convert_chinese_clip(imgs_tsv, texts_jsonl, out_path, on_bad_row="error", max_side=None, bad_row_log=None,
-                         max_pixels=DEFAULT_MAX_PIXELS):
-    """Chinese-CLIP ``*_imgs.tsv`` + ``*_texts.jsonl`` -> TSV, one row per (text, image id)."""
+                         max_pixels=DEFAULT_MAX_PIXELS, tags_by_image=None):
+    """Chinese-CLIP ``*_imgs.tsv`` + ``*_texts.jsonl`` -> TSV, one row per (text, image id); tags from
+    ``tags_by_image`` ({image_id: [tags]}) when given."""
     _require_file(texts_jsonl, "texts JSONL")
     _check_max_side(max_side)
     policy = BadRowPolicy(on_bad_row, bad_row_log)
@@ -429,7 +434,7 @@ def convert_chinese_clip(imgs_tsv, texts_jsonl, out_path, on_bad_row="error", ma
                 yield text, image_id, b64, None
 
     try:
-        return _write_rows(out_path, rows(), summary)
+        return _write_rows(out_path, rows(), summary, tags_by_image)
     finally:
         index.close()
         policy.close()

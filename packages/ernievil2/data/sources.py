@@ -1,6 +1,7 @@
-"""Gallery sources for `embed` and `zeroshot`: images from a folder (recursive) or a TSV (`image_id \\t base64`,
-Chinese-CLIP's `*_imgs.tsv`; with a label column first for zero-shot accuracy), texts from a text file (one
-query per line) or JSONL (`text_id`, `text`).  Items are yielded in a fixed order with where they came from;
+"""Gallery sources for `embed`, `zeroshot` and `tag`: images from a folder (recursive) or a TSV (`image_id \\t
+base64`, Chinese-CLIP's `*_imgs.tsv`; with a label column first for zero-shot accuracy; or a training pairs file
+`text \\t image_id \\t base64 [\\t tags]`, each image once), texts from a text file (one query per line) or JSONL
+(`text_id`, `text`).  Items are yielded in a fixed order with where they came from;
 problems are BadRow values for the caller's bad-row policy."""
 import hashlib
 import json
@@ -38,11 +39,14 @@ class TextItem:
 
 def image_source(src, labelled=False):
     """The images of a folder (relative paths as ids, sorted) or a TSV; labelled=True also accepts
-    `label \\t image_id \\t base64` rows (every row the same number of columns as the first)."""
+    `label \\t image_id \\t base64` rows (every row the same number of columns as the first); unlabelled, a
+    pairs file (3 or 4 columns, the training format) gives each image id once, at its first row."""
     if os.path.isdir(src):
         return FolderImages(src)
     if not os.path.isfile(src):
         raise InputError(f"{src}: images source not found (a folder of images or an image_id \\t base64 TSV)")
+    if not labelled and TsvImages.first_line_columns(src) in (3, 4):
+        return PairImages(src)
     return TsvImages(src, labelled)
 
 
@@ -121,10 +125,16 @@ class TsvImages(_Rows):
         line, text, _ = next(self.lines(0, 1))
         self.columns = len((text or "").split("\t"))
         if self.columns not in ((2, 3) if labelled else (2,)):
-            want = "image_id \\t base64" + (" (or label \\t image_id \\t base64)" if labelled else "")
-            raise InputError(f"{path}:{line}: expected {want}, found {self.columns} tab-separated columns"
-                             + ("; a text \\t image_id \\t base64 pairs file is run_infer.sh's input"
-                                if self.columns >= 3 and not labelled else ""))
+            want = "image_id \\t base64" + (" (or label \\t image_id \\t base64)" if labelled else
+                                            " (or text \\t image_id \\t base64 [\\t tags] pairs)")
+            raise InputError(f"{path}:{line}: expected {want}, found {self.columns} tab-separated columns")
+
+    @staticmethod
+    def first_line_columns(path):
+        """Tab-separated columns of the first non-blank line (0 for an empty file)."""
+        rows = _Rows(path)
+        _, text, _ = next(rows.lines(0, 1))
+        return len(text.split("\t")) if text else 0
 
     def items(self, start=0, stop=None):
         for line_no, text, problem in self.lines(start, self.count if stop is None else stop):
@@ -143,6 +153,36 @@ class TsvImages(_Rows):
                 yield BadRow(self.path, line_no, f"empty {what}")
                 continue
             yield ImageItem(id=image_id, source=self.path, line=line_no, path=None, b64=b64, label=label)
+
+
+class PairImages(_Rows):
+    """The images of a pairs file (`text \\t image_id \\t base64 [\\t tags]`, several captions per image): each
+    image id once, at its first row, in file order.  Unreadable rows stay in the order as BadRow values."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.rows, seen = [], set()  # file row of each item
+        for position, (_, text, problem) in enumerate(self.lines(0, self.count)):
+            cols = text.split("\t") if text else []
+            image_id = cols[1].strip() if 3 <= len(cols) <= 4 else None
+            if problem or not image_id or image_id not in seen:
+                self.rows.append(position)
+                seen.add(image_id)
+        self.count = len(self.rows)
+
+    def items(self, start=0, stop=None):
+        for position in self.rows[start:stop]:
+            line_no, text, problem = next(self.lines(position, position + 1))
+            cols = [] if problem else text.split("\t")
+            if problem or not 3 <= len(cols) <= 4:
+                yield BadRow(self.path, line_no, problem or f"expected 3 or 4 tab-separated columns (text, "
+                                                            f"image_id, base64 image[, tags]), found {len(cols)}")
+                continue
+            image_id, b64 = cols[1].strip(), cols[2].strip()
+            if not image_id or not b64:
+                yield BadRow(self.path, line_no, f"empty {'image id' if not image_id else 'image column'}")
+                continue
+            yield ImageItem(id=image_id, source=self.path, line=line_no, path=None, b64=b64)
 
 
 class TextLines(_Rows):

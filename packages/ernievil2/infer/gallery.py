@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import Field
 from ..data.sources import image_source, text_source
 from ..data.tokenizer import ErnieTokenizer
 from ..data.tsv import BadRow
@@ -15,16 +14,11 @@ from ..errors import ConfigError, InputError
 from ..fileio import NpzWriter
 from .engines import make_encoder
 from .job import ChunkedJob, run_job
-from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
+from .options import EMBED_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
 from .sharding import config_fingerprint, source_hash
 from .workers import prefetched, prepare_images, prepare_texts, start_pool
 
-GALLERY_KEYS = {
-    "images": Field(None, type=str, doc="a folder of images (recursive) or an image_id \\t base64 TSV"),
-    "texts": Field(None, type=str, doc="a text file (one query per line) or JSONL with text_id and text"),
-}
-EMBED_SCHEMA = {**QUERY_SCHEMA, **GALLERY_KEYS}
 
 
 def load_embed_config(path, overrides=()):

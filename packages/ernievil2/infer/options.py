@@ -104,6 +104,19 @@ ZEROSHOT_SCHEMA = Section({
 }, check=_check_inference,
     doc="python -m ernievil2 zeroshot: the inference keys plus images, labels and prompt templates")
 
+TAG_SCHEMA = Section({
+    **EMBED_SCHEMA,
+    "tag": Section({
+        "vocabulary": Field(None, type=str, doc="one tag name per line (# comments); null: the built-in list"),
+        "templates": Field(None, type=str, doc="prompt templates, one per line with {}; null: zeroshot's set"),
+        "max_tags": Field(5, type=int, minimum=1, doc="at most this many tags per image"),
+        "threshold": Field(0.05, type=(int, float), minimum=0, maximum=1,
+                           doc="minimum softmax probability over the vocabulary (at the model's logit scale)"),
+        "keep_embeddings": Field(False, affects_output=False,
+                                 doc="keep <output_file>.embeddings.npz (re-tag without re-embedding)"),
+    }, doc="the tag keys"),
+}, check=_check_inference, doc="python -m ernievil2 tag: the embed keys plus the tag vocabulary and selection")
+
 
 def load_query_config(path, overrides=(), schema=QUERY_SCHEMA):
     """An inference YAML for a command that does not read test_file (its own keys in `schema`)."""

@@ -11,7 +11,6 @@ import unicodedata
 
 import numpy as np
 
-from ..config import Field
 from ..data.prompts import ZEROSHOT_TEMPLATES, read_labels, read_templates
 from ..data.sources import image_source
 from ..data.tokenizer import ErnieTokenizer
@@ -21,20 +20,13 @@ from ..fileio import AtomicFile
 from .engines import make_encoder
 from .gallery import ItemCounts, batched, iter_image_embeddings
 from .job import ChunkedJob, run_job
-from .options import QUERY_SCHEMA, engine_options, load_query_config, pipeline_options
+from .options import ZEROSHOT_SCHEMA, engine_options, load_query_config, pipeline_options
 from .pipeline import encode_texts_by_length
 from .sharding import config_fingerprint, source_hash
 
 logger = logging.getLogger(__name__)
 
 FALLBACK_LOGIT_SCALE = 100.0  # CLIP's clamp, for exports that predate the recorded scale
-ZEROSHOT_SCHEMA = {
-    **QUERY_SCHEMA,
-    "images": Field(None, type=str, doc="a folder, an image_id \\t base64 TSV, or label \\t image_id \\t base64"),
-    "labels": Field(None, type=str, doc="one class name per line"),
-    "templates": Field(None, type=str, doc="one prompt per line with {} for the class name; null: built-in set"),
-    "top_k": 5,
-}
 
 
 def load_zeroshot_config(path, overrides=()):
@@ -46,8 +38,6 @@ def load_zeroshot_config(path, overrides=()):
     if not (cfg.output_file or "").endswith(".jsonl"):
         raise ConfigError(f"{source}: 'output_file' must end in .jsonl for zeroshot, got {cfg.output_file!r} "
                           f"(add -o output_file=PRED.jsonl)")
-    if cfg.top_k < 1:
-        raise ConfigError(f"{source}: 'top_k' must be >= 1, got {cfg.top_k}")
     return cfg
 
 

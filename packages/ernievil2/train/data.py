@@ -4,35 +4,17 @@ Every random choice (augmentation, tag order) is a function of (seed, epoch, sam
 depend on the number of ranks or data workers (the order of rows: train.order).
 """
 import hashlib
-import os
 
 import numpy as np
 import paddle
 
 from ..data.images import DEFAULT_MAX_PIXELS, decode_base64_image
 from ..data.prompts import TAG_PROMPT, TAG_SEPARATOR, split_tags, tag_text
+from ..data.tags import read_tags_file  # noqa: F401  (the trainer reads data.tags_file through this name)
 from ..data.tokenizer import ErnieTokenizer
 from ..data.transforms import augment_train, preprocess_eval
 from ..data.tsv import BadRow, parse_row
-from ..errors import BadRowError, InputError
-
-
-def read_tags_file(path):
-    """`image_id \\t tag1,tag2,...` lines -> {image_id: [tags]}."""
-    tags = {}
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: data.tags_file not found (expected image_id \\t tags lines)")
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) != 2:
-                raise InputError(f"{path}:{line_no}: expected 2 tab-separated columns (image_id, tags), "
-                                 f"found {len(cols)}")
-            tags[cols[0].strip()] = split_tags(cols[1])
-    return tags
+from ..errors import BadRowError
 
 
 class MultiViewDataset(paddle.io.Dataset):

@@ -178,7 +178,7 @@ class Trainer:
         self.sampler = GlobalBatchSampler(self.data_index.counts, cfg.data.batch_size, self.world, self.rank,
                                           cfg.seed, cfg.data.shuffle, start_batch=self.step * self.accum,
                                           window=cfg.data.shuffle_window)
-        tags = read_tags_file(cfg.data.tags_file) if cfg.data.tags_file else None
+        tags = read_tags_file(cfg.data.tags_file, "data.tags_file") if cfg.data.tags_file else None
         self.bad_row_log = os.path.join(self.out_dir, f"bad_rows.rank{self.rank}.txt")
         self.dataset = MultiViewDataset(
             self.data_index, cfg.vocab_file, cfg.seed, image_size=cfg.data.image_size,
