@@ -251,8 +251,8 @@ def test_a_vocabulary_that_is_missing_or_not_utf8_is_named(tiny, small_demo, tmp
 
 
 @pytest.mark.parametrize("override, message", [
-    (("tag.threshold", -0.1), r"'tag.threshold' must be a probability in \[0, 1\], got -0.1"),
-    (("tag.threshold", 1.5), r"'tag.threshold' must be a probability in \[0, 1\], got 1.5"),
+    (("tag.threshold", -0.1), r"'tag.threshold' must be in \[0, 1\], got -0.1"),
+    (("tag.threshold", 1.5), r"'tag.threshold' must be in \[0, 1\], got 1.5"),
     (("tag.max_tags", 0), "'tag.max_tags' must be >= 1"),
     (("images", None), "'images' is not set"),
 ])
