@@ -9,10 +9,10 @@ import os
 import numpy as np
 import paddle
 
-from ..data.images import DEFAULT_MAX_PIXELS, decode_base64_image
+from ..data.images import DEFAULT_MAX_PIXELS, decode_base64_image, decode_base64_image_reduced
 from ..data.prompts import TAG_PROMPT, TAG_SEPARATOR, split_tags, tag_text
 from ..data.tokenizer import ErnieTokenizer
-from ..data.transforms import augment_train, preprocess_eval
+from ..data.transforms import augment_resized, preprocess_eval, resize_reduced
 from ..data.tsv import BadRow, parse_row
 from ..errors import BadRowError, InputError
 
@@ -103,16 +103,21 @@ class MultiViewDataset(paddle.io.Dataset):
         if isinstance(row, BadRow):
             raise BadRowError(row)
         rng = np.random.default_rng([self.seed, epoch, i])
+        size = self.image_size
         try:
-            rgb = decode_base64_image(row.image_b64, max_pixels=self.max_image_pixels)
+            if self.augment:
+                # Decoded at the smallest JPEG scale that still covers the crop, resized once for both views.
+                rgb, reduction, full_shape = decode_base64_image_reduced(row.image_b64, size, self.max_image_pixels)
+                resized = resize_reduced(rgb, reduction, full_shape, size)
+            else:
+                rgb = decode_base64_image(row.image_b64, max_pixels=self.max_image_pixels)
+                view1 = view2 = preprocess_eval(rgb, size)
         except ValueError as e:
             raise BadRowError(BadRow(path, line, str(e))) from None
         if self.augment:
             options = self.augment if isinstance(self.augment, dict) else {}
-            view1 = augment_train(rgb, rng, self.image_size, **options)
-            view2 = augment_train(rgb, rng, self.image_size, **options)
-        else:
-            view1 = view2 = preprocess_eval(rgb, self.image_size)
+            view1 = augment_resized(resized, rng, size, **options)
+            view2 = augment_resized(resized, rng, size, **options)
         tags = split_tags(row.tags) if row.tags else self.tags.get(row.image_id, [])
         if tags:
             if self.shuffle_tags:
