@@ -20,6 +20,9 @@ SEARCH = ["faiss-cpu>=1.8", "fastapi>=0.100", "uvicorn>=0.20", "python-multipart
 MILVUS = ["pymilvus>=2.4.2", "milvus-lite>=2.4.0"]
 OPENVINO = ["openvino>=2024.0"]  # engine openvino: precision bf16 on AMX / AVX512-BF16 CPUs (README)
 INT8 = [*OPENVINO, "nncf>=2.14"]  # precision int8: post-training quantisation for OpenVINO
+# `export --format onnx` (and the OpenVINO engine's ONNX copies): paddle2onnx converts, onnx checks and renames,
+# onnxruntime verifies the files against the eager model.
+ONNX = ["paddle2onnx>=2.0", "onnx>=1.16", "onnxruntime>=1.17"]
 
 
 def read_requirements():
@@ -45,6 +48,6 @@ setup(
     packages=find_packages("packages"),
     package_data={"ernievil2.serve": ["page.html"]},
     install_requires=read_requirements(),
-    extras_require={"search": SEARCH, "milvus": MILVUS, "openvino": OPENVINO, "int8": INT8,
-                    "test": ["pytest>=7", "selenium>=4.10", *SEARCH, *MILVUS, *INT8]},
+    extras_require={"search": SEARCH, "milvus": MILVUS, "openvino": OPENVINO, "int8": INT8, "onnx": ONNX,
+                    "test": ["pytest>=7", "selenium>=4.10", *SEARCH, *MILVUS, *INT8, *ONNX]},
 )

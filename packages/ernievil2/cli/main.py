@@ -13,7 +13,7 @@ COMMANDS = {
     "serve": ("search", "serve_main", "HTTP search service and web page over an index"),
     "eval": ("eval", "main", "Recall@K of an embeddings file (eval_retri.py)"),
     "convert": ("weights", "convert_main", "weights: official <-> PaddleNLP layout, .pdparams -> .safetensors"),
-    "export": ("weights", "export_main", "export the towers for Paddle Inference"),
+    "export": ("export", "export_main", "export the towers for Paddle Inference, or as ONNX (--format onnx)"),
     "demo-data": ("data", "demo_data_main", "generate the synthetic demo data set"),
     "build-vocab": ("data", "build_vocab_main", "build a token\\tid vocabulary from TSV files"),
     "convert-data": ("data", "convert_data_main", "convert images + captions to the TSV format"),
