@@ -19,14 +19,14 @@ import os
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
-import base64  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import base64
+import platform
+import tempfile
+import time
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
 WORDS = ["a", "red", "bus", "parked", "near", "the", "road", "two", "dogs", "play", "with", "frisbee", "on", "grass",
          "kitchen", "table", "apples", "bananas", "window", "sunny", "一辆", "红色", "的", "公交车", "停", "在", "路边",
@@ -109,7 +109,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tsv = os.path.join(tmp, "train.tsv")
         images, mean_bytes = write_rows(tsv, args.rows)
-        texts = [line.split("\t")[0] for line in open(tsv, encoding="utf-8")] + TAGS + ["a photo of"]
+        with open(tsv, encoding="utf-8") as f:
+            texts = [line.split("\t")[0] for line in f] + TAGS + ["a photo of"]
         vocab = vocab_file(tmp, texts)
         print(f"{args.rows} rows, {len(images)} distinct 640x480 JPEGs of {mean_bytes / 1024:.0f} KiB on average")
 
