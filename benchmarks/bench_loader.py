@@ -1,10 +1,11 @@
 """Benchmark: training samples per CPU core (MultiViewDataset), and with N DataLoader workers.
 
-    python benchmarks/bench_loader.py [--rows 64] [--seconds 8] [--workers 2] [--image-size 224]
+    python benchmarks/bench_loader.py [--rows 64] [--seconds 8] [--workers 2] [--image-size 224] [--noise 6]
 
 Writes its own TSV of 640x480 photo-like JPEG rows (base64, quality 90, a caption and four object tags each) in a
 temporary directory, then measures, in this order:
-  * the pieces on one thread: JPEG decode (full size), `augment_train` on a decoded image;
+  * the pieces on one thread: JPEG decode (full size), `augment_train` on a decoded image, and the inference
+    path's preprocessing (base64 + full decode + `preprocess_eval`, what extraction needs per image);
   * `MultiViewDataset[(epoch, i)]` on one thread (cv2.setNumThreads(1), OMP/MKL/OpenBLAS threads 1): two augmented
     views + caption ids + tag ids per sample, the whole sample path of training;
   * the same dataset behind `paddle.io.DataLoader(num_workers=N)` (batch 32), samples/s of the whole loader.
@@ -34,8 +35,10 @@ WORDS = ["a", "red", "bus", "parked", "near", "the", "road", "two", "dogs", "pla
 TAGS = ["bus", "dog", "person", "car", "tree", "sky", "table", "cup", "cat", "building", "road", "grass"]
 
 
-def photo_like_jpeg(rng, width=640, height=480, quality=90):
-    """Smooth gradients, a few filled shapes and mild sensor-like noise: JPEG sizes close to real photos."""
+def photo_like_jpeg(rng, width=640, height=480, quality=90, noise=6.0):
+    """Smooth gradients, a few filled shapes and sensor-like noise (standard deviation `noise` levels): with the
+    default, JPEGs of ~80 KB (2 bits per pixel) like real photos, whose decoding is mostly entropy decoding;
+    noise 0 gives light ~25 KB files whose decoding is mostly the inverse DCT (cheaper at a reduced scale)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     image = np.empty((height, width, 3), np.float32)
     for c in range(3):
@@ -45,16 +48,17 @@ def photo_like_jpeg(rng, width=640, height=480, quality=90):
         centre = tuple(int(v) for v in rng.integers(0, [width, height]))
         axes = tuple(int(v) for v in rng.integers(10, 120, 2))
         cv2.ellipse(image, centre, axes, float(rng.uniform(0, 180)), 0, 360, rng.uniform(0, 255, 3).tolist(), -1)
-    image += rng.normal(0, 6, image.shape).astype(np.float32)
+    if noise:
+        image += rng.normal(0, noise, image.shape).astype(np.float32)
     bgr = np.clip(image, 0, 255).astype(np.uint8)
     ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return buffer.tobytes()
 
 
-def write_rows(path, rows, seed=0):
+def write_rows(path, rows, seed=0, noise=6.0):
     rng = np.random.default_rng(seed)
-    images = [photo_like_jpeg(rng) for _ in range(max(1, rows // 5))]
+    images = [photo_like_jpeg(rng, noise=noise) for _ in range(max(1, rows // 5))]
     captions = [" ".join(rng.choice(WORDS, int(rng.integers(6, 16)))) for _ in range(max(1, rows // 5))]
     lines = []
     for i in range(rows):
@@ -95,20 +99,22 @@ def main():
     parser.add_argument("--seconds", type=float, default=8.0, help="time per single-thread measurement")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (0 skips that measurement)")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--noise", type=float, default=6.0,
+                        help="pixel noise of the generated photos: 6 (default) ~80 KB JPEGs, 0 ~25 KB")
     args = parser.parse_args()
     cv2.setNumThreads(1)
 
     import ernievil2
-    from ernievil2.data.images import decode_image
+    from ernievil2.data.images import decode_base64_image, decode_image
     from ernievil2.data.row_index import RowIndex
-    from ernievil2.data.transforms import augment_train
+    from ernievil2.data.transforms import augment_train, preprocess_eval
     from ernievil2.train.data import MultiViewDataset, collate_samples
 
     print(f"ernievil2 from {os.path.dirname(ernievil2.__file__)}")
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; cv2 {cv2.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         tsv = os.path.join(tmp, "train.tsv")
-        images, mean_bytes = write_rows(tsv, args.rows)
+        images, mean_bytes = write_rows(tsv, args.rows, noise=args.noise)
         with open(tsv, encoding="utf-8") as f:
             texts = [line.split("\t")[0] for line in f] + TAGS + ["a photo of"]
         vocab = vocab_file(tmp, texts)
@@ -119,6 +125,10 @@ def main():
         gen = np.random.default_rng(0)
         augment_rate = rate(lambda k: augment_train(decoded[k % len(decoded)], gen, args.image_size), args.seconds / 4)
         print(f"one thread: JPEG decode (full size) {decode_rate:.0f} img/s, augment_train {augment_rate:.0f} views/s")
+        b64 = [base64.b64encode(data).decode() for data in images]
+        eval_rate = rate(lambda k: preprocess_eval(decode_base64_image(b64[k % len(b64)]), args.image_size),
+                         args.seconds / 4)
+        print(f"one thread: inference preprocessing (base64 + full decode + preprocess_eval) {eval_rate:.0f} img/s")
 
         dataset = MultiViewDataset(RowIndex(tsv), vocab, seed=1, image_size=args.image_size)
         n = len(dataset)

@@ -137,6 +137,17 @@ def test_augmentation_equals_a_float64_implementation_of_the_recipe(options):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4, err_msg=f"seed {seed}")
 
 
+@pytest.mark.parametrize("opencv_wraps_hue", [True, False])
+def test_hue_rotation_with_and_without_opencvs_own_wrap(monkeypatch, opencv_wraps_hue):
+    import ernievil2.data.transforms as transforms
+    monkeypatch.setattr(transforms, "_HSV2RGB_WRAPS_HUE", opencv_wraps_hue and transforms._HSV2RGB_WRAPS_HUE)
+    rgb = np.random.default_rng(4).random((16, 16, 3)).astype(np.float32)
+    for shift in (-0.5, -0.3, -0.01, 0.01, 0.2, 0.49):
+        np.testing.assert_allclose(transforms.adjust_hue(rgb, shift), _hue_shift_reference(rgb.astype(np.float64),
+                                                                                            shift),
+                                   rtol=0, atol=2e-5, err_msg=str(shift))  # a few float32 roundings of values <= 1
+
+
 def test_augment_train_is_resize_then_augment_resized():
     rgb = np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     np.testing.assert_array_equal(augment_train(rgb, np.random.default_rng(3), 32),

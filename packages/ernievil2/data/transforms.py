@@ -160,14 +160,28 @@ def _clamp_blend(image, factor):
     return _clip01(image) if factor > 1.0 else cv2.threshold(image, 1.0, 1.0, cv2.THRESH_TRUNC, dst=image)[1]
 
 
+def _hsv2rgb_wraps_hue():
+    """Whether this OpenCV's float HSV -> RGB reads a hue in [360, 720) as hue - 360 (its scalar code takes the
+    sector modulo 6, its SIMD code too); checked on enough pixels for both code paths, else we wrap ourselves."""
+    rng = np.random.default_rng(0)
+    hsv = np.stack([rng.uniform(0, 360, 1027), rng.random(1027), rng.random(1027)], -1).astype(np.float32)[None]
+    turned = hsv.copy()
+    turned[..., 0] += np.float32(360.0)
+    return bool(np.abs(cv2.cvtColor(turned, cv2.COLOR_HSV2RGB) - cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)).max() < 1e-5)
+
+
+_HSV2RGB_WRAPS_HUE = _hsv2rgb_wraps_hue()
+
+
 def _hue(src, dst, shift, spare):
     """Rotate hue by ``shift`` of a full turn (shift in [-0.5, 0.5]); ``spare`` holds the HSV image."""
     hsv = cv2.cvtColor(src, cv2.COLOR_RGB2HSV, dst=spare)  # float input: H in degrees [0, 360), S, V in [0, 1]
     degrees = float(np.float32(shift * 360.0)) % 360.0  # a turn forwards, so only ">= 360" needs wrapping
     cv2.add(hsv, (degrees, 0.0, 0.0, 0.0), dst=hsv)
-    # 360 where H >= 360, else 0 (S and V are at most 1): whole-array passes, no strided H-channel views.
-    wrap = cv2.threshold(hsv, _BELOW_360, 360.0, cv2.THRESH_BINARY, dst=dst)[1]
-    cv2.subtract(hsv, wrap, dst=hsv)
+    if not _HSV2RGB_WRAPS_HUE:
+        # 360 where H >= 360, else 0 (S and V are at most 1): whole-array passes, no strided H-channel views.
+        wrap = cv2.threshold(hsv, _BELOW_360, 360.0, cv2.THRESH_BINARY, dst=dst)[1]
+        cv2.subtract(hsv, wrap, dst=hsv)
     return _clip01(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=dst))
 
 

@@ -6,6 +6,7 @@ depend on the number of ranks or data workers (the order of rows: train.order).
 import hashlib
 import os
 
+import cv2
 import numpy as np
 import paddle
 
@@ -42,7 +43,13 @@ class MultiViewDataset(paddle.io.Dataset):
     `augment_train` options, e.g. {flip_p: 0, gray_p: 0} when captions name sides and colours.
 
     A bad row raises (on_bad_row=error) or is replaced by the next good row in file order (skip), counted in
-    the sample's `skipped` field and appended to `bad_row_log`."""
+    the sample's `skipped` field and appended to `bad_row_log`.
+
+    Augmented views of a JPEG are cut from a decode at the smallest DCT scale (1/2, 1/4, 1/8) whose short side
+    still has image_size pixels, resized once for both views (transforms.resize_reduced): the same crop boxes,
+    flips and colour draws as from the full decode, each view pixel at the same place in the image; only the
+    resampling differs (block averaging before a bilinear step of < 2x, instead of a bilinear step that skips
+    pixels).  augment=False keeps the exact evaluation preprocessing of the full decode."""
 
     def __init__(self, index, vocab_file, seed, image_size=224, max_text_len=48, augment=True,
                  tags=None, tag_prompt=TAG_PROMPT, tag_separator=TAG_SEPARATOR, shuffle_tags=True, max_tags=0,
@@ -62,11 +69,16 @@ class MultiViewDataset(paddle.io.Dataset):
         self.on_bad_row = on_bad_row
         self.bad_row_log = bad_row_log
         self.max_image_pixels = max_image_pixels
+        self._pid = None
 
     def __len__(self):
         return len(self.index)
 
     def __getitem__(self, item):
+        if self._pid != os.getpid():  # the first item in this process
+            self._pid = os.getpid()
+            if paddle.io.get_worker_info() is not None:
+                cv2.setNumThreads(1)  # the data-loader workers are the parallelism; OpenCV's threads would contend
         epoch, i = item
         for skipped in range(min(len(self.index), 1000)):
             j = (i + skipped) % len(self.index)
