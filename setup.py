@@ -20,6 +20,9 @@ if PADDLE_DIST not in ("paddlepaddle", "paddlepaddle-gpu"):
 MILVUS = ["pymilvus>=2.4.2", "milvus-lite>=2.4.0"]
 OPENVINO = ["openvino>=2024.0"]  # engine openvino: precision bf16 on AMX / AVX512-BF16 CPUs (README)
 INT8 = [*OPENVINO, "nncf>=2.14"]  # precision int8: post-training quantisation for OpenVINO
+# `export --format onnx` (and the OpenVINO engine's ONNX copies): paddle2onnx converts, onnx checks and renames,
+# onnxruntime verifies the files against the eager model.
+ONNX = ["paddle2onnx>=2.0", "onnx>=1.16", "onnxruntime>=1.17"]
 
 
 def read_requirements():
@@ -46,6 +49,6 @@ setup(
     package_data={"ernievil2.serve": ["page.html"], "ernievil2.data": ["object_vocab_zh.txt"]},
     install_requires=read_requirements(),
     # "search" is kept (empty) so that existing `pip install -e ".[search]"` commands still work.
-    extras_require={"search": [], "milvus": MILVUS, "openvino": OPENVINO, "int8": INT8,
-                    "test": ["pytest>=7", "selenium>=4.10", *MILVUS, *INT8]},
+    extras_require={"search": [], "milvus": MILVUS, "openvino": OPENVINO, "int8": INT8, "onnx": ONNX,
+                    "test": ["pytest>=7", "selenium>=4.10", *MILVUS, *INT8, *ONNX]},
 )

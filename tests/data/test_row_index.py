@@ -95,3 +95,23 @@ def test_shards_read_as_one_sequence(tmp_path, cache):
     assert list(index.counts) == [2, 1, 3] and len(index) == 6
     assert [index.read(i)[2] for i in range(6)] == [b"a0", b"a1", b"b0", b"c0", b"c1", b"c2"]
     assert index.location(2) == (str(shards / "b.tsv"), 2)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_worker_does_not_share_the_parents_file_position(tmp_path, cache):
+    # Data-loader workers are forked from a process that may already have read rows: they must not seek the
+    # parent's file handle (the two would read each other's rows).
+    path = tmp_path / "rows.tsv"
+    # rows of 1 KB, so that row 40 lies beyond what the parent's buffered reader holds and the child must seek
+    path.write_bytes(b"".join(b"row %d %s\n" % (i, b"x" * 1000) for i in range(50)))
+    index = RowIndex(str(path))
+    assert index.read(0)[2].startswith(b"row 0 ")
+    handle = index._handles[str(path)]
+    position = os.lseek(handle.fileno(), 0, os.SEEK_CUR)
+    pid = os.fork()
+    if pid == 0:  # child: read far away, then leave without running the parent's cleanup
+        os._exit(0 if index.read(40)[2].startswith(b"row 40 ") else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert os.lseek(handle.fileno(), 0, os.SEEK_CUR) == position
+    assert index.read(1)[2].startswith(b"row 1 ")

@@ -149,6 +149,21 @@ def test_word_cache_overflow_does_not_change_results(small, monkeypatch):
     assert len(fresh._word_cache) <= 3
 
 
+def test_text_cache_returns_fresh_lists_and_survives_pickling(small):
+    import pickle
+    text = "hello, unaffable world!"
+    first = small.encode(text, max_len=6)
+    first.append(999)  # a caller's edit must not reach the cached ids
+    assert small.encode(text, max_len=6) == small.encode(text, max_len=48)[:5] + [small.sep_id]
+    assert small.encode(text, max_len=6) == [small.cls_id, *small.text_to_ids(text)[:4], small.sep_id]
+    assert small.encode(text.encode("utf-8")) == small.encode(text)
+    assert small._text_ids.cache_info().hits >= 2
+    clone = pickle.loads(pickle.dumps(small))  # data-loader workers started by spawn get a copy like this
+    assert clone.encode(text) == small.encode(text) and clone._text_ids.cache_info().currsize == 1
+    with pytest.raises(TypeError, match="str or bytes"):
+        small.encode(["hello"])
+
+
 def test_rejects_non_text(small):
     with pytest.raises(TypeError, match="str or bytes"):
         small.tokenize(123)

@@ -15,7 +15,7 @@ COMMANDS = {
     "serve": ("serve", "HTTP search service and web page over an index"),
     "eval": ("eval", "Recall@K of an embeddings file (eval_retri.py)"),
     "convert": ("convert", "weights: official <-> PaddleNLP layout, .pdparams -> .safetensors"),
-    "export": ("export", "export the towers for Paddle Inference"),
+    "export": ("export", "export the towers for Paddle Inference, or as ONNX files (--format onnx)"),
     "demo-data": ("demo_data", "generate the synthetic demo data set"),
     "build-vocab": ("build_vocab", "build a token\\tid vocabulary from TSV files"),
     "convert-data": ("convert_data", "convert images + captions to the TSV format"),

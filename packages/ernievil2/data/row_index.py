@@ -96,7 +96,7 @@ class RowIndex:
         self.starts = np.concatenate(([0], np.cumsum(self.counts)))
         if self.starts[-1] == 0:
             raise InputError(f"{', '.join(self.files)}: no rows")
-        self._handles = {}
+        self._handles, self._handles_pid = {}, os.getpid()
 
     def __len__(self):
         return int(self.starts[-1])
@@ -114,6 +114,10 @@ class RowIndex:
         """(path, line number, raw bytes without the newline) of global row i."""
         shard, row = self.locate(i)
         path = self.files[shard]
+        if self._handles_pid != os.getpid():
+            # A forked data-loader worker inherits the parent's handles, whose file position it would share
+            # (concurrent seek + readline then read each other's rows): each process opens its own.
+            self._handles, self._handles_pid = {}, os.getpid()
         handle = self._handles.get(path)
         if handle is None:  # opened lazily, so every data-loader worker has its own file handles
             handle = self._handles[path] = open(path, "rb")

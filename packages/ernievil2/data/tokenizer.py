@@ -1,5 +1,6 @@
 """ERNIE 3.0 tokenizer with the semantics of the official ERNIE-ViL 2.0 release (BERT's basic tokenisation +
 WordPiece), and the vocabulary reader."""
+import functools
 import os
 import unicodedata
 
@@ -11,6 +12,9 @@ SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
 MAX_CHARS_PER_WORD = 100
 # A bounded memo: plenty for a caption corpus, small enough (tens of MB) for every data-loader worker.
 WORD_CACHE_LIMIT = 300_000
+# Whole texts repeat too (a tag prompt with the same tags, captions shared by rows of one image): their ids are kept
+# in an LRU of this many texts (a few MB).
+TEXT_CACHE_SIZE = 16_384
 
 # CJK ideograph blocks that get a space on each side (BERT's definition; Hangul/kana are not included).
 _CJK_RANGES = (
@@ -196,7 +200,8 @@ class ErnieTokenizer:
          100 characters, or one that cannot be covered by vocabulary pieces, becomes ``[UNK]``.
 
     Speed: steps 1-2 run as one ``str.translate`` with a per-character table filled on first sight, and the
-    result of steps 3-4 is memoised per raw word, so steady-state cost is a split plus dictionary hits.
+    result of steps 3-4 is memoised per raw word, so steady-state cost is a split plus dictionary hits; the ids of
+    a whole text are kept in an LRU (TEXT_CACHE_SIZE texts), so a repeated text costs one lookup.
     """
 
     def __init__(self, token_to_id, id_to_token, do_lower_case=True, source="<in-memory vocab>"):
@@ -213,7 +218,18 @@ class ErnieTokenizer:
         self._longest_piece = max(len(token) for token in token_to_id)
         self.basic = BasicTokenizer(do_lower_case)
         self._word_cache = {}
+        self._text_ids = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(self._text_ids_uncached)
         self.duplicate_tokens = {}
+
+    def __getstate__(self):  # the caches are rebuilt, not shipped to data-loader workers (and an lru_cache can't be)
+        state = dict(self.__dict__)
+        del state["_text_ids"]
+        state["_word_cache"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._text_ids = functools.lru_cache(maxsize=TEXT_CACHE_SIZE)(self._text_ids_uncached)
 
     @classmethod
     def from_file(cls, path, do_lower_case=True, duplicate_tokens="last"):
@@ -274,7 +290,12 @@ class ErnieTokenizer:
 
     def text_to_ids(self, text):
         """Word-piece ids of ``text`` without special tokens (same as convert_tokens_to_ids(tokenize(text)))."""
-        return [token_id for _, ids in self._lookup_words(text) for token_id in ids]
+        if not isinstance(text, (str, bytes)):  # checked before the LRU, which would only say "unhashable"
+            raise TypeError(f"text must be str or bytes, not {type(text).__name__}")
+        return list(self._text_ids(text))
+
+    def _text_ids_uncached(self, text):
+        return tuple(token_id for _, ids in self._lookup_words(text) for token_id in ids)
 
     def convert_tokens_to_ids(self, tokens):
         vocab, unk_id = self.vocab, self.unk_id
@@ -288,12 +309,9 @@ class ErnieTokenizer:
         """``[CLS] + ids[:max_len - 2] + [SEP]``, unpadded (the official reader's layout)."""
         if max_len < 2:
             raise ConfigError(f"max_len must be at least 2 to hold [CLS] and [SEP], got {max_len}")
-        ids = [self.cls_id]
-        for _, word_ids in self._lookup_words(text):
-            ids.extend(word_ids)
-        del ids[max_len - 1:]
-        ids.append(self.sep_id)
-        return ids
+        if not isinstance(text, (str, bytes)):
+            raise TypeError(f"text must be str or bytes, not {type(text).__name__}")
+        return [self.cls_id, *self._text_ids(text)[:max_len - 2], self.sep_id]
 
     def batch_encode(self, texts, max_len=48, pad_to=None):
         """int64 array [B, L]; L is the longest encoded text (or exactly ``pad_to``), filled with pad_id."""

@@ -83,7 +83,7 @@ def export_towers(model, out_dir, image_size=None, towers=TOWERS, extra_meta=Non
     was_training = model.training
     model.eval()
     try:
-        with _staging_dir(out_dir) as stage:
+        with staging_dir(out_dir) as stage:
             for tower in towers:
                 layer, shape = specs[tower]
                 name, dtype = INPUTS[tower]
@@ -120,18 +120,20 @@ def _write_meta(directory, meta):
     write_text_atomic(os.path.join(directory, META_FILE), json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def _check_replaceable(out_dir):
+def _check_replaceable(out_dir, meta_file=META_FILE):
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise ConfigError(f"{out_dir}: exists and is not a directory")
-        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, META_FILE)):
-            raise ConfigError(f"{out_dir}: exists and is not an exported ERNIE-ViL 2.0 model (no {META_FILE}); "
-                             f"refusing to replace it. Choose an empty or new inference_model_dir.")
+        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, meta_file)):
+            raise ConfigError(f"{out_dir}: exists and is not an exported ERNIE-ViL 2.0 model (no {meta_file}); "
+                             f"refusing to replace it. Choose an empty or new directory.")
 
 
 @contextlib.contextmanager
-def _staging_dir(out_dir):
-    """Build the export in a sibling directory, then swap it in: readers see the old export or the new one."""
+def staging_dir(out_dir, meta_file=META_FILE):
+    """Build an export in a sibling directory, then swap it in: readers see the old export or the new one.
+    A non-empty out_dir without `meta_file` (not an export) is never replaced."""
+    _check_replaceable(out_dir, meta_file)
     out_dir = os.path.abspath(out_dir)
     recover_folder(out_dir)  # an export that crashed between the two renames of its swap
     remove_stale_temps(out_dir)  # what exports killed half-way left behind
@@ -140,7 +142,7 @@ def _staging_dir(out_dir):
     os.makedirs(stage)
     try:
         yield stage
-        _check_replaceable(out_dir)
+        _check_replaceable(out_dir, meta_file)
         swap_in_folder(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

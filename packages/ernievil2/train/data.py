@@ -5,14 +5,15 @@ depend on the number of ranks or data workers (the order of rows: train.order).
 """
 import hashlib
 
+import cv2
 import numpy as np
 import paddle
 
-from ..data.images import DEFAULT_MAX_PIXELS, decode_base64_image
+from ..data.images import DEFAULT_MAX_PIXELS, decode_base64_image, decode_base64_image_reduced
 from ..data.prompts import TAG_PROMPT, TAG_SEPARATOR, split_tags, tag_text
 from ..data.tags import read_tags_file  # noqa: F401  (the trainer reads data.tags_file through this name)
 from ..data.tokenizer import ErnieTokenizer
-from ..data.transforms import augment_train, preprocess_eval
+from ..data.transforms import augment_resized, preprocess_eval, resize_reduced
 from ..data.tsv import BadRow, parse_row
 from ..errors import BadRowError
 
@@ -24,7 +25,13 @@ class MultiViewDataset(paddle.io.Dataset):
     `augment_train` options, e.g. {flip_p: 0, gray_p: 0} when captions name sides and colours.
 
     A bad row raises (on_bad_row=error) or is replaced by the next good row in file order (skip), counted in
-    the sample's `skipped` field and appended to `bad_row_log`."""
+    the sample's `skipped` field and appended to `bad_row_log`.
+
+    Augmented views of a JPEG are cut from a decode at the smallest DCT scale (1/2, 1/4, 1/8) whose short side
+    still has image_size pixels, resized once for both views (transforms.resize_reduced): the same crop boxes,
+    flips and colour draws as from the full decode, each view pixel at the same place in the image; only the
+    resampling differs (block averaging before a bilinear step of < 2x, instead of a bilinear step that skips
+    pixels).  augment=False keeps the exact evaluation preprocessing of the full decode."""
 
     def __init__(self, index, vocab_file, seed, image_size=224, max_text_len=48, augment=True,
                  tags=None, tag_prompt=TAG_PROMPT, tag_separator=TAG_SEPARATOR, shuffle_tags=True, max_tags=0,
@@ -44,11 +51,16 @@ class MultiViewDataset(paddle.io.Dataset):
         self.on_bad_row = on_bad_row
         self.bad_row_log = bad_row_log
         self.max_image_pixels = max_image_pixels
+        self._pid = None
 
     def __len__(self):
         return len(self.index)
 
     def __getitem__(self, item):
+        if self._pid != os.getpid():  # the first item in this process
+            self._pid = os.getpid()
+            if paddle.io.get_worker_info() is not None:
+                cv2.setNumThreads(1)  # the data-loader workers are the parallelism; OpenCV's threads would contend
         epoch, i = item
         for skipped in range(min(len(self.index), 1000)):
             j = (i + skipped) % len(self.index)
@@ -85,16 +97,21 @@ class MultiViewDataset(paddle.io.Dataset):
         if isinstance(row, BadRow):
             raise BadRowError(row)
         rng = np.random.default_rng([self.seed, epoch, i])
+        size = self.image_size
         try:
-            rgb = decode_base64_image(row.image_b64, max_pixels=self.max_image_pixels)
+            if self.augment:
+                # Decoded at the smallest JPEG scale that still covers the crop, resized once for both views.
+                rgb, reduction, full_shape = decode_base64_image_reduced(row.image_b64, size, self.max_image_pixels)
+                resized = resize_reduced(rgb, reduction, full_shape, size)
+            else:
+                rgb = decode_base64_image(row.image_b64, max_pixels=self.max_image_pixels)
+                view1 = view2 = preprocess_eval(rgb, size)
         except ValueError as e:
             raise BadRowError(BadRow(path, line, str(e))) from None
         if self.augment:
             options = self.augment if isinstance(self.augment, dict) else {}
-            view1 = augment_train(rgb, rng, self.image_size, **options)
-            view2 = augment_train(rgb, rng, self.image_size, **options)
-        else:
-            view1 = view2 = preprocess_eval(rgb, self.image_size)
+            view1 = augment_resized(resized, rng, size, **options)
+            view2 = augment_resized(resized, rng, size, **options)
         tags = split_tags(row.tags) if row.tags else self.tags.get(row.image_id, [])
         if tags:
             if self.shuffle_tags:
