@@ -22,7 +22,7 @@ RUN = textwrap.dedent("""
     from ernievil2.infer.run import run_inference
     cfg = json.load(open(sys.argv[1], encoding="utf-8"))
     summary = run_inference(load_infer_config(None, list(cfg.items())))
-    print(json.dumps({"rows": summary.rows, "written": summary.written, "skipped": sum(summary.skipped.values()),
+    print(json.dumps({"rows": summary.read, "written": summary.written, "skipped": sum(summary.skipped.values()),
                       "log": summary.bad_row_log, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """)
 

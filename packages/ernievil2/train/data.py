@@ -4,6 +4,7 @@ Every random choice (augmentation, tag order) is a function of (seed, epoch, sam
 depend on the number of ranks or data workers (the order of rows: train.order).
 """
 import hashlib
+import os
 
 import cv2
 import numpy as np
