@@ -7,6 +7,7 @@ importing `ernievil2` sets it on AMD CPUs with AVX2 when the user has not (any v
 """
 import logging
 import os
+import sys
 
 from .errors import ConfigError
 

@@ -20,7 +20,6 @@ from .sharding import config_fingerprint, source_hash
 from .workers import prefetched, prepare_images, prepare_texts, start_pool
 
 
-
 def load_embed_config(path, overrides=()):
     """An inference YAML with `images` or `texts` and an .npz output_file."""
     cfg = load_query_config(path, overrides, EMBED_SCHEMA)

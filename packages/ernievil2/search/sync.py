@@ -34,8 +34,17 @@ from ..infer.sharding import config_fingerprint
 from .backends import open_store
 from .gallery_access import describe_gallery, tsv_offsets
 from .gallery_file import read_gallery
-from .index import (FORMAT, FORMAT_VERSION, MANIFEST, SearchIndex, make_store, measure_recall, new_collection_name,
-                    publish, read_metadata)
+from .index import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    SearchIndex,
+    make_store,
+    measure_recall,
+    new_collection_name,
+    publish,
+    read_metadata,
+)
 
 RECORDS = "records.jsonl"
 HASH_BLOCK = 1 << 20
