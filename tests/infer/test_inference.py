@@ -264,3 +264,17 @@ def test_a_run_removes_the_temporaries_of_killed_runs_of_its_output(tmp_path, ti
     run_inference(config_for(tiny, tsv), encoder=EagerEncoder(make_tiny_model(seed=5)))
     assert not any(os.path.exists(p) for p in stale) and os.path.exists(out + ".mine")
     assert sorted(os.listdir(os.path.dirname(out))) == ["emb.npz", "emb.out", "emb.out.mine"]
+
+
+def test_a_worker_that_cannot_start_fails_the_run_instead_of_hanging(tmp_path):
+    """multiprocessing replaces a pool worker whose initializer raises, forever; the error must reach the rank."""
+    from ernievil2.infer.options import PipelineOptions
+    from ernievil2.infer.workers import prepare_texts, start_pool
+    options = PipelineOptions(vocab_file=str(tmp_path / "missing_vocab.txt"), num_workers=1)
+    pool = start_pool(options)
+    try:
+        with pytest.raises(Exception, match="missing_vocab.txt"):
+            pool.apply_async(prepare_texts, (["猫"],)).get(timeout=120)
+    finally:
+        pool.terminate()
+        pool.join()

@@ -25,14 +25,15 @@ def prepare_batch(job):
     """job: (texts, images) where images is a list of base64 strings to decode (new images only).
     Returns (token ids [B, L] padded to the longest, pixels [n, 3, S, S], {image index: error reason})."""
     texts, images = job
-    ids = _WORKER_STATE["tokenizer"].batch_encode(texts, max_len=_WORKER_STATE["max_len"])
+    st = _state()
+    ids = st["tokenizer"].batch_encode(texts, max_len=st["max_len"])
     return (ids,) + prepare_images([(None, b64) for b64 in images])
 
 
 def prepare_images(sources):
     """sources: [(file path, None) or (None, base64)] -> (pixels [n, 3, S, S], {index: error reason}); a bad
     image gets zeros and its reason."""
-    st = _WORKER_STATE
+    st = _state()
     size = st["image_size"]
     pixels, errors = np.zeros((len(sources), 3, size, size), np.float32), {}
     for i, (path, b64) in enumerate(sources):
@@ -46,7 +47,8 @@ def prepare_images(sources):
 
 def prepare_texts(texts):
     """Token ids [B, L] of texts, padded to the longest."""
-    return _WORKER_STATE["tokenizer"].batch_encode(texts, max_len=_WORKER_STATE["max_len"])
+    st = _state()
+    return st["tokenizer"].batch_encode(texts, max_len=st["max_len"])
 
 
 def _read_image(path, max_pixels):
@@ -90,8 +92,19 @@ def start_pool(options):
 
 
 def _init_pool_worker(*initargs):
-    die_with_parent()  # a worker process ends with its rank, whatever kills the rank
-    init_worker(*initargs)
+    # A pool replaces a worker whose initializer raises, forever: the run would hang.  The error is kept instead
+    # and raised by the worker's first job, so that it reaches the rank through the job's result.
+    try:
+        die_with_parent()  # a worker process ends with its rank, whatever kills the rank
+        init_worker(*initargs)
+    except Exception as e:  # noqa: BLE001 - any failure must reach the rank, not loop
+        _WORKER_STATE["init_error"] = e
+
+
+def _state():
+    if "init_error" in _WORKER_STATE:
+        raise _WORKER_STATE["init_error"]
+    return _WORKER_STATE
 
 
 def prefetched(pool, fn, work, depth):
