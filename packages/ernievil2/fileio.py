@@ -3,6 +3,7 @@
 A temporary file is named `.NAME.tmp-HOST-PID[.part]` beside its target, so that a later run can tell the
 leftovers of a killed run (same host, process gone) from files a live process is still writing."""
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -89,6 +90,16 @@ def fsync_dir(directory):
         pass
     finally:
         os.close(fd)
+
+
+def read_json(path, error):
+    """The JSON value in `path` (UTF-8); an unreadable or invalid file raises `error` (an errors.Error class)
+    naming the path and the reason."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise error(f"{path}: not valid JSON ({e})") from None
 
 
 def write_text_atomic(path, text, encoding="utf-8"):

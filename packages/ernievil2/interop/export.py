@@ -19,7 +19,15 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError, ExportError, InferenceModelError
-from ..fileio import atomic_write, recover_folder, remove_stale_temps, swap_in_folder, temp_path_for, write_text_atomic
+from ..fileio import (
+    atomic_write,
+    read_json,
+    recover_folder,
+    remove_stale_temps,
+    swap_in_folder,
+    temp_path_for,
+    write_text_atomic,
+)
 
 META_FILE = "export.json"
 FORMAT = "ernievil2-inference-model"
@@ -161,11 +169,7 @@ def read_export_meta(model_dir):
     path = os.path.join(model_dir, META_FILE)
     if not os.path.isfile(path):
         raise InferenceModelError(f"{model_dir}: not an exported ERNIE-ViL 2.0 model ({META_FILE} missing). {hint}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InferenceModelError(f"{path}: not valid JSON ({e})") from None
+    meta = read_json(path, InferenceModelError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InferenceModelError(f"{path}: not an ERNIE-ViL 2.0 export description (format is not {FORMAT!r})")
     if meta.get("format_version", 0) > FORMAT_VERSION:

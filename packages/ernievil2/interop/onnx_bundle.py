@@ -19,7 +19,7 @@ import numpy as np
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ExportError, InferenceModelError
-from ..fileio import write_text_atomic
+from ..fileio import read_json, write_text_atomic
 from .export import TOWERS, export_onnx, export_towers, staging_dir
 
 BUNDLE_META = "onnx.json"
@@ -139,11 +139,7 @@ def read_bundle_meta(bundle_dir):
     if not os.path.isfile(path):
         raise InferenceModelError(f"{bundle_dir}: not an ONNX export ({BUNDLE_META} missing); write one with "
                                   f"python -m ernievil2 export --format onnx CONFIG --out DIR")
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InferenceModelError(f"{path}: not valid JSON ({e})") from None
+    meta = read_json(path, InferenceModelError)
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
         raise InferenceModelError(f"{path}: not an ERNIE-ViL 2.0 ONNX description (format is not {BUNDLE_FORMAT!r})")
     return meta

@@ -19,7 +19,7 @@ import uuid
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..fileio import recover_folder, remove_stale_temps, swap_in_folder, temp_path_for, write_text_atomic
+from ..fileio import read_json, recover_folder, remove_stale_temps, swap_in_folder, temp_path_for, write_text_atomic
 from .backends import FaissStore, open_store
 from .filters import FieldTable
 from .gallery_access import GalleryReader, describe_gallery, tsv_offsets
@@ -255,11 +255,7 @@ def read_manifest(index_dir):
     if not os.path.isfile(path):
         raise InputError(f"{index_dir}: not a search index ({MANIFEST} missing); build one with "
                          f"python -m ernievil2 index build EMB.npz {index_dir}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable ({e})") from None
+    manifest = read_json(path, InputError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
             manifest.get("format_version", 0) > FORMAT_VERSION:
         raise InputError(f"{path}: not a search index manifest this version reads")
