@@ -74,12 +74,13 @@ def test_a_rebuilt_index_is_swapped_in_under_load_with_no_failed_request(model, 
 
 def test_admin_reload_swaps_on_demand(model, tmp_path):
     app = make_app(model, tmp_path, reload_seconds=0)  # no polling: only the explicit trigger
+    # every build of an index folder counts its manifest "version" up: 1 for the first, 2 for the rebuild
     with running(app) as url:
-        assert httpx.post(f"{url}/admin/reload").json() == {"reloaded": False, "count": 5, "version": None}
+        assert httpx.post(f"{url}/admin/reload").json() == {"reloaded": False, "count": 5, "version": 1}
         index_folder(model, tmp_path / "photos", MORE, tmp_path / "index", tmp_path / "g2.npz")
         time.sleep(0.3)
         assert httpx.get(f"{url}/healthz").json()["count"] == 5  # not followed by itself
-        assert httpx.post(f"{url}/admin/reload").json() == {"reloaded": True, "count": 9, "version": None}
+        assert httpx.post(f"{url}/admin/reload").json() == {"reloaded": True, "count": 9, "version": 2}
         assert httpx.get(f"{url}/healthz").json()["count"] == 9
         (tmp_path / "index" / "manifest.json").write_text("{ not json")
         broken = httpx.post(f"{url}/admin/reload")

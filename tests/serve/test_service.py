@@ -47,7 +47,7 @@ def test_health_page_and_text_search_equal_the_library(service):
     from ernievil2.search.query import search
     client, model, index, _ = service
     health = client.get("/healthz").json()
-    assert health == {"status": "ok", "count": 5, "dim": 32, "kind": "flat", "backend": "faiss", "version": None,
+    assert health == {"status": "ok", "count": 5, "dim": 32, "kind": "flat", "backend": "faiss", "version": 1,
                       "thumbnails": True, "queue": 0}
     response = client.get("/search", params={"text": "红色的汽车停在路边", "k": 3})
     assert response.status_code == 200

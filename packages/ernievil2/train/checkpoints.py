@@ -16,7 +16,7 @@ from typing import Any
 import paddle
 
 from ..errors import TrainingError
-from ..fileio import remove_stale_temps, temp_path_for
+from ..fileio import remove_stale_temps, swap_in_folder, temp_path_for
 from ..model.weights import load_weights, read_raw_state, save_weights
 
 CKPT_PATTERN = re.compile(r"^step_(\d{8})$")
@@ -56,7 +56,8 @@ def write_checkpoint(output_dir, step, state, parts, keep_last=0):
     tmp = temp_path_for(final)
     os.makedirs(tmp)
     try:
-        save_weights(parts.model, os.path.join(tmp, "model.safetensors"))
+        # the parameters in their own dtype (float64 with dtype float64): a resumed run continues bit for bit
+        _save_tensor_dict(parts.model.state_dict(), os.path.join(tmp, "model.safetensors"))
         paddle.save(parts.optimizer.state_dict(), os.path.join(tmp, "optimizer.pdopt"))
         if parts.momentum_towers is not None:
             _save_tensor_dict(parts.momentum_towers.state_dict(), os.path.join(tmp, "momentum.safetensors"))
@@ -66,8 +67,7 @@ def write_checkpoint(output_dir, step, state, parts, keep_last=0):
                      scaler=_jsonable(parts.scaler.state_dict()) if parts.scaler else None)
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
             json.dump(state, f, indent=1, default=str)
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)  # the checkpoint appears complete or not at all
+        swap_in_folder(tmp, final)  # flushed to disk, then published: complete or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only left when something above failed
     for old in checkpoint_dirs(output_dir)[:-keep_last] if keep_last else []:
