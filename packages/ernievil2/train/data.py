@@ -4,9 +4,7 @@ Every random choice (augmentation, tag order) is a function of (seed, epoch, sam
 depend on the number of ranks or data workers (the order of rows: train.order).
 """
 import hashlib
-import os
 
-import cv2
 import numpy as np
 import paddle
 
@@ -52,16 +50,11 @@ class MultiViewDataset(paddle.io.Dataset):
         self.on_bad_row = on_bad_row
         self.bad_row_log = bad_row_log
         self.max_image_pixels = max_image_pixels
-        self._pid = None
 
     def __len__(self):
         return len(self.index)
 
     def __getitem__(self, item):
-        if self._pid != os.getpid():  # the first item in this process
-            self._pid = os.getpid()
-            if paddle.io.get_worker_info() is not None:
-                cv2.setNumThreads(1)  # the data-loader workers are the parallelism; OpenCV's threads would contend
         epoch, i = item
         for skipped in range(min(len(self.index), 1000)):
             j = (i + skipped) % len(self.index)

@@ -12,6 +12,7 @@ import math
 import os
 import time
 
+import cv2
 import numpy as np
 import paddle
 import paddle.nn as nn
@@ -186,6 +187,10 @@ class Trainer:
             tag_prompt=self.loss_cfg.tag_prompt, tag_separator=self.loss_cfg.tag_separator,
             shuffle_tags=cfg.data.shuffle_tags, max_tags=cfg.data.max_tags, on_bad_row=cfg.data.on_bad_row,
             bad_row_log=self.bad_row_log, max_image_pixels=cfg.data.max_image_pixels)
+        if cfg.data.num_workers > 0:
+            # The forked workers are the parallelism.  OpenCV's thread count is set here, before the fork: set in
+            # a worker whose parent had used OpenCV's thread pool (rank 0 draws the demo data), it deadlocked.
+            cv2.setNumThreads(1)
         pad_id = self.tokenizer.pad_id
         self.loader = paddle.io.DataLoader(self.dataset, batch_sampler=self.sampler,
                                            num_workers=cfg.data.num_workers,
