@@ -272,11 +272,19 @@ def test_ranks_and_their_workers_die_with_the_launcher(job):
     work = tmp / "k" / "emb.out.work"
     cmd = ["bash", os.path.join(REPO, "run_infer.sh"), "--nproc_per_node", "2", "--log_dir", str(tmp / "log"),
            "cpu", str(config), "-o", f"output_file={tmp / 'k' / 'emb.out'}", "-o", "num_workers=1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=fault_env(ENV, ERNIEVIL2_SLOW_CHUNKS=0.5), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     family = set()
+    # The launcher picks a free port itself; on a busy machine a start can lose it to another process and end at
+    # once, so a start that ends before its first chunks is retried (once), with its output kept for the message.
+    for attempt in range(2):
+        log = tmp / f"launch_{attempt}.txt"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=fault_env(ENV, ERNIEVIL2_SLOW_CHUNKS=0.5),
+                                    start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+        wait_until(lambda: proc.poll() is not None or (work.is_dir() and len(list(work.glob("chunk_*.npz"))) >= 2))
+        if proc.poll() is None:
+            break
+    assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
     try:
-        wait_until(lambda: work.is_dir() and len(list(work.glob("chunk_*.npz"))) >= 2)
         family = descendants(proc.pid)
         assert len(family) >= 4  # 2 ranks under the launcher (run_infer.sh execs it) and their worker processes
         os.killpg(proc.pid, signal.SIGKILL)  # kill -KILL -- -PGID of run_infer.sh
