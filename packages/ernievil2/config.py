@@ -50,10 +50,13 @@ class Field:
     """One config key.  type: a type or tuple of types (default: the default's type); choices: the allowed
     values; minimum / maximum: an inclusive range, below: an exclusive upper bound (numbers); items: the allowed
     values of a list's elements; affects_output: whether changing the key can change what a run computes (False
-    for keys about where outputs go or how work is spread); doc: one line for the reference."""
+    for keys about where outputs go or how work is spread); doc: one line for the reference.
+    keys: for a key that may be a name or a mapping (a model preset or its keys), the mapping's keys (a Section),
+    so that `-o key.sub=value` reaches into it; string_key: the mapping key a string value stands for (a preset
+    name: {"preset": name}); without it a string value cannot take `-o key.sub` overrides."""
 
     def __init__(self, default=REQUIRED, type=None, choices=None, nullable=False, minimum=None, maximum=None,
-                 below=None, items=None, affects_output=True, doc=""):
+                 below=None, items=None, affects_output=True, doc="", keys=None, string_key=None):
         self.default = default
         self.type = type if type is not None else (None if default in (None, REQUIRED) else _type_of(default))
         self.choices = tuple(choices) if choices else None
@@ -62,6 +65,8 @@ class Field:
         self.items = tuple(items) if items else None
         self.affects_output = affects_output
         self.doc = doc
+        self.keys = keys
+        self.string_key = string_key
 
     @property
     def required(self):
@@ -207,16 +212,25 @@ def _set_dotted(values, key, value, schema, source):
     parts = key.split(".")
     node, sch = values, schema
     for i, part in enumerate(parts):
+        if isinstance(sch, Field) and sch.keys is not None:  # a name-or-mapping key: reach into its mapping
+            sch = sch.keys
         if not isinstance(sch, dict) or part not in sch:
             _unknown(source, ".".join(parts[: i + 1]), sch if isinstance(sch, dict) else {}, ".".join(parts[:i]),
                      what="override key")
         sch = sch[part]
         if i == len(parts) - 1:
             node[part] = value
-        else:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
+            return
+        current = node.get(part)
+        if isinstance(current, str) and isinstance(sch, Field) and sch.keys is not None:
+            if sch.string_key is None:
+                raise ConfigError(f"'{'.'.join(parts[: i + 1])}' is {current!r} in the config, not a mapping: "
+                                  f"override it whole, or write its keys in the YAML to override one",
+                                  where=source)
+            current = node[part] = {sch.string_key: current}
+        if not isinstance(current, dict):
+            node[part] = {}
+        node = node[part]
 
 
 def _unknown(source, dotted, schema_level, prefix, what="key"):

@@ -52,6 +52,22 @@ def test_errors_name_the_file_and_the_key(tmp_path, text, overrides, message):
     assert message in str(err.value) and path in str(err.value)
 
 
+def test_overrides_reach_into_a_model_tower_given_as_keys_or_as_a_preset(tmp_path):
+    demo = os.path.join(REPO, "packages", "configs", "demo.yaml")
+    cfg = load_train_config(demo, ["model.vision.heads=1", "model.text.num_attention_heads=1"])
+    assert cfg.model.vision["heads"] == 1 and cfg.model.vision["width"] == 64  # the rest as in the YAML
+    assert cfg.model.text["num_attention_heads"] == 1 and cfg.model.text["hidden_size"] == 64
+    base = os.path.join(REPO, "packages", "configs", "ernie_vil_base_finetune.yaml")
+    assert load_train_config(base, ["model.vision.layers=6"]).model.vision == {"preset": "vit_b16", "layers": 6}
+    with pytest.raises(ConfigError, match=r"unknown override key 'model.vision.hedas' \(did you mean "
+                                          r"model.vision.heads\?\)"):
+        load_train_config(demo, ["model.vision.hedas=1"])
+    with pytest.raises(ConfigError, match="'model.text' is '.*ernie_config.base.json' in the config, not a mapping"):
+        load_train_config(base, ["model.text.num_hidden_layers=6"])
+    with pytest.raises(ConfigError, match="'model.vision.heads' must be >= 1"):
+        load_train_config(demo, ["model.vision.heads=0"])
+
+
 def test_override_parsing():
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
     assert parse_override("a=null") == ("a", None)

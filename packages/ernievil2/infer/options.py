@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 from ..config import REQUIRED, Field, Section, load_config, output_only_keys
 from ..data.images import DEFAULT_MAX_PIXELS
-from ..model.configs import check_text_length, vision_config
+from ..model.configs import VISION_KEYS, check_text_length, vision_config
 
 WEIGHTS_HELP = ("Download the official ERNIE-ViL 2.0 Base weights (ERNIE_VIL2_BASE_ViT.pdparams, linked from the "
                 "official Research/ERNIE-ViL2 readme) or use final.pdparams from run_train.sh, then set "
@@ -44,7 +44,8 @@ INFER_SCHEMA = Section({
     "mask_token": Field(3, minimum=0, doc="checked against the vocab"),
     "unk_token": Field(None, type=int, doc="stale in the official YAML and unused: [UNK] comes from the vocab"),
     # --- our additions ---
-    "vision_model": Field("vit_b16", type=(str, dict), doc="vit_b16, vit_l14, or a mapping of vision tower keys"),
+    "vision_model": Field("vit_b16", type=(str, dict), doc="vit_b16, vit_l14, or a mapping of vision tower keys",
+                          keys=VISION_KEYS, string_key="preset"),
     "image_size": Field(224, minimum=1, doc="square input side in pixels"),
     "engine": Field("auto", choices=("auto", "eager", "paddle_inference", "openvino"), affects_output=False,
                     doc="auto: openvino when installed, else paddle_inference on the CPU; eager on the GPU (the "

@@ -79,6 +79,9 @@ VISION_PRESETS = {
     "vit_b16": dict(patch_size=16, width=768, layers=12, heads=12),
     "vit_l14": dict(patch_size=14, width=1024, layers=24, heads=16),
 }
+# The mapping form of a vision spec: the tower's keys plus the preset they start from.
+VISION_KEYS = Section({**VISION_SCHEMA, "preset": Field(None, type=str, choices=tuple(VISION_PRESETS),
+                                                        doc="the preset whose values the other keys change")})
 
 
 # Keys of the official ernie_config.*.json that describe embeddings the released tower does not have.

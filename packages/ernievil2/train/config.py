@@ -5,7 +5,7 @@ import os
 from ..config import REQUIRED, Field, Section, load_config
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..errors import ConfigError
-from ..model.configs import check_text_length, vision_config
+from ..model.configs import TEXT_SCHEMA, VISION_KEYS, check_text_length, vision_config
 from ..runtime import launch_plan as runtime_launch_plan
 from ..runtime import launched_world_size
 from .loss_config import LOSS_SCHEMA
@@ -81,8 +81,9 @@ TRAIN_SCHEMA = Section({
         "eval_batch_size": Field(32, minimum=1, doc="rows per batch when embedding dev and test splits"),
     }),
     "model": Section({
-        "vision": Field("vit_b16", type=(str, dict), doc="a preset (vit_b16, vit_l14) or vision tower keys"),
-        "text": Field("./packages/ernie_base_3.0/ernie_config.base.json", type=(str, dict),
+        "vision": Field("vit_b16", type=(str, dict), doc="a preset (vit_b16, vit_l14) or vision tower keys",
+                        keys=VISION_KEYS, string_key="preset"),
+        "text": Field("./packages/ernie_base_3.0/ernie_config.base.json", type=(str, dict), keys=TEXT_SCHEMA,
                       doc="an ernie_config JSON file or text tower keys"),
         "init_from_params": Field(None, type=str, doc="starting weights (official or PaddleNLP layout)"),
         "strict_load": Field(True, doc="every weight must be in the file"),
