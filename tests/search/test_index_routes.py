@@ -16,7 +16,6 @@ pytest.importorskip("fastapi", reason="fastapi is not installed")
 
 @pytest.fixture(scope="module")
 def routes(tmp_path_factory):
-    from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
     from ernievil2.api import Model
@@ -24,7 +23,8 @@ def routes(tmp_path_factory):
     from ernievil2.fileio import NpzWriter
     from ernievil2.infer.engines import EagerEncoder
     from ernievil2.search.index import SearchIndex, build_index
-    from ernievil2.serve.index_routes import LockedHost, install
+    from ernievil2.serve.app import create_app
+    from ernievil2.serve.service import ServeSettings
     need_shared(VOCAB)
     root = tmp_path_factory.mktemp("routes")
     model = Model(EagerEncoder(spread(make_tiny_model(seed=5))), ErnieTokenizer.from_file(VOCAB), image_size=32)
@@ -38,9 +38,10 @@ def routes(tmp_path_factory):
                                              for n, i in enumerate(ids)))
     build_index(str(root / "g.npz"), root / "index", metadata=str(root / "meta.jsonl"), log=lambda _: None)
     index = SearchIndex(str(root / "index"))
-    app = FastAPI()
-    install(app, LockedHost(model, lambda: index), max_batch=4, max_upload_bytes=50_000)
-    return TestClient(app), model, index, images
+    app = create_app(model, str(root / "index"), ServeSettings(max_batch=4, max_upload_bytes=50_000,
+                                                               reload_seconds=0))
+    with TestClient(app, base_url="http://localhost") as client:  # as `serve` runs it, lifespan and all
+        yield client, model, index, images
 
 
 def data_url(rgb):

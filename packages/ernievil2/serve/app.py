@@ -47,7 +47,8 @@ def create_app(model, index_dir, settings=None):
     app = FastAPI(title="ERNIE-ViL 2.0 search", docs_url="/docs", lifespan=lifespan)
     app.state.service = service
     routers = [search_router(service), admin_router(service, metrics), embeddings_router(service),
-               index_router(ServiceHost(service), max_upload_bytes=settings.max_upload_bytes)]
+               index_router(ServiceHost(service), max_batch=settings.max_batch,
+                            max_upload_bytes=settings.max_upload_bytes)]
     for router in routers:
         app.include_router(router)
     paths = frozenset(route.path for router in routers for route in router.routes)

@@ -13,12 +13,10 @@ An image is a data URL (`data:image/jpeg;base64,...`) or plain base64.  `where` 
 
 The routes need a host: `model`, `current_index()` (the SearchIndex to answer from, held for the whole request),
 `async run(fn, *args)` (fn on a worker thread with the model serialised; library errors -> 400) and
-`error(status, message)` (the exception the app turns into its error response).  LockedHost is the host of an
-app with one model and one index behind a lock."""
+`error(status, message)` (the exception the app turns into its error response): serve.app.ServiceHost."""
 import base64
 import binascii
 import collections
-import threading
 import time
 from typing import Optional
 
@@ -32,44 +30,6 @@ from ..search.query import search_batch
 
 MAX_K = 100
 DUPLICATE_CACHE = 4  # (index version, threshold) results kept
-
-
-class RouteError(Exception):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-class LockedHost:
-    def __init__(self, model, get_index, lock=None):
-        self.model, self.get_index, self.lock = model, get_index, lock or threading.Lock()
-
-    def current_index(self):
-        return self.get_index()
-
-    async def run(self, fn, *args):
-        from starlette.concurrency import run_in_threadpool
-
-        def call():
-            with self.lock:
-                return fn(*args)
-        try:
-            return await run_in_threadpool(call)
-        except Error as e:
-            raise RouteError(400, str(e)) from None
-
-    def error(self, status, message):
-        return RouteError(status, message)
-
-
-def install(app, host, **limits):
-    """Add the routes to a FastAPI app whose host raises RouteError, answering them as {"error": message}."""
-    from fastapi.responses import JSONResponse
-    app.include_router(index_router(host, **limits))
-
-    @app.exception_handler(RouteError)
-    async def route_error(request, exc):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
 
 
 def index_router(host, max_batch=64, max_upload_bytes=10 << 20):

@@ -21,6 +21,7 @@ class ServeSettings:
     reload_seconds: float = 2.0  # how often INDEX_DIR is checked for a newer index (0: only POST /admin/reload)
     thumbnail_cache_bytes: int = 32 << 20
     max_embedding_inputs: int = 256  # inputs in one POST /v1/embeddings
+    max_batch: int = 64  # queries in one POST /search/batch
 
     @property
     def max_body_bytes(self):
