@@ -1,5 +1,6 @@
 """After training: the test split is embedded and evaluated, and the optional steps (zero-shot, search) that
 cannot run because a part is missing leave a note, never a failed run."""
+import json
 import os
 import sys
 
@@ -33,6 +34,8 @@ def test_a_missing_faiss_or_zeroshot_file_is_a_note_and_the_run_succeeds(tmp_pat
     out_dir = tmp_path / "out"
     assert (out_dir / "final.pdparams").exists() and (out_dir / "test_embeddings.npz").exists()
     assert "| Text2Image |" in out  # the test split was embedded and evaluated
+    kept = json.loads((out_dir / "test_metrics.json").read_text(encoding="utf-8"))  # and its recall kept
+    assert f"| Text2Image | {kept['text2image']['R@1']:5.2f} |" in out
     assert "note: search left out: faiss is not installed" in out
     assert f"note: zero-shot classification left out: file not found (zeroshot.images: {tmp_path}/absent.tsv" in out
     assert not (out_dir / "search_index").exists() and not (out_dir / "zeroshot_predictions.jsonl").exists()

@@ -1,10 +1,12 @@
 """What run_train.sh does after training when the config has a test split: embed it with the final weights (as
 run_infer.sh does, from the run's infer.yaml), measure retrieval recall (as eval_retri.py), classify the
 configured zero-shot images, and build a search index over the test images and run the configured queries.
+The test recall is also kept in OUTPUT_DIR/test_metrics.json (what a comparison of runs reads).
 
 Embedding and evaluating the test split are the run's result: their errors are the run's errors.  Zero-shot
 classification and search are extras: a part they need that is missing (a zeroshot file, faiss or another
 optional package) is a logged note and the step is left out, never a failed run."""
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from ..api.model import model_from_config
 from ..errors import ConfigError, RuntimeSupportError
 from ..eval.embedding_files import load_embeddings
 from ..eval.metrics import retrieval_metrics
+from ..fileio import write_text_atomic
 from ..infer.options import load_infer_config
 from ..infer.run import run_inference
 from ..infer.zeroshot import load_zeroshot_config, run_zeroshot
@@ -20,6 +23,7 @@ from ..search.index import SearchIndex, build_index
 from ..search.query import search
 
 logger = logging.getLogger(__name__)
+TEST_METRICS = "test_metrics.json"
 
 @dataclass
 class AfterTraining:
@@ -48,6 +52,7 @@ def after_training(out_dir, cfg, device):
         result.metrics = retrieval_metrics(*embeddings, folds=cfg.data.test_folds)
     except ValueError as e:  # folds that do not divide the test images: known only now
         raise ConfigError(f"'data.test_folds' {cfg.data.test_folds}: {e}") from None
+    write_text_atomic(os.path.join(out_dir, TEST_METRICS), json.dumps(result.metrics, indent=1) + "\n")
     _zeroshot(result, infer_yaml, overrides, cfg.zeroshot, out_dir, model)
     if cfg.search.queries:
         _search(result, cfg, out_dir, model)
