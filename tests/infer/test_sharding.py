@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from faults import fault_env
+from processes import alive, descendants, wait_until
 
 from conftest import REPO
 
@@ -169,13 +170,6 @@ def start_infer(config, out, env, rank=None):
                             text=True, start_new_session=True)
 
 
-def wait_until(condition, timeout=300):
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_a_killed_rank_leaves_its_chunks_to_the_other_which_finishes_the_job(job):
     config, tmp = job
     run_infer(config, tmp / "ref" / "emb.out")
@@ -237,33 +231,6 @@ def test_truncated_and_garbage_chunks_and_dead_temporaries_are_redone_with_a_not
     for name in ("emb.out", "emb.npz"):
         assert same_files(tmp / "ref" / name, tmp / "run" / name), name
     assert not work.exists()
-
-
-def alive(pid):
-    """The process exists and is not a zombie (nobody may reap orphans in a container)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def descendants(pid):
-    """The processes below `pid` (from /proc)."""
-    children = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-        except OSError:
-            pass
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")

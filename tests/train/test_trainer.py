@@ -2,13 +2,17 @@
 NaN handling, bad rows, config errors, and fine-tuning from an official-layout checkpoint."""
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import yaml
 from faults import fault_env
+from processes import alive, descendants, kill_all, wait_until
 
 from conftest import GOLDEN, REPO, TINY_TEXT, TINY_VISION, VOCAB, need_shared
 from ernievil2.interop.convert import read_state
@@ -147,6 +151,33 @@ def test_killed_run_resumed_with_auto_ends_with_identical_weights(tmp_path):
     # keep_last: only the newest 3 checkpoints remain.
     assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["step_00000002", "step_00000004",
                                                                    "step_00000006"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_a_killed_rank_takes_its_data_loader_workers_with_it(tmp_path):
+    """SIGKILL of a training process (an OOM kill, a scheduler's kill) ends its loader workers at once.  Paddle's
+    own watchdog would notice the dead parent only between batches, after up to 5 s of waiting for work; the
+    workers' parent-death signal ends them as the rank dies, which the 3 s below tells apart."""
+    config = write_config(tmp_path, data={"num_workers": 2}, dtype="float32", log={"visualdl": False},
+                          schedule={"max_steps": 100000, "log_every": 1, "save_every": 0})
+    proc = subprocess.Popen([sys.executable, "-m", "ernievil2", "train", config], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": os.path.join(REPO, "packages")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    workers = set()
+    try:
+        log = tmp_path / "out" / "metrics.jsonl"
+        wait_until(lambda: proc.poll() is not None or (log.exists() and len(log.read_text().splitlines()) >= 2
+                                                       and len(descendants(proc.pid)) >= 2), timeout=240)
+        assert proc.poll() is None, "the training run ended before it could be killed"
+        workers = descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.time() + 3
+        while time.time() < deadline and any(alive(p) for p in workers):
+            time.sleep(0.05)
+        assert not [p for p in workers if alive(p)]
+    finally:
+        kill_all(workers | {proc.pid})
+        proc.wait()
 
 
 @pytest.mark.parametrize("keep_last, kept", [(2, [3, 4]), (0, [1, 2, 3, 4])])
