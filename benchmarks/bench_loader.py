@@ -1,6 +1,7 @@
 """Benchmark: training samples per CPU core (MultiViewDataset), and with N DataLoader workers.
 
     python benchmarks/bench_loader.py [--rows 64] [--seconds 8] [--workers 2] [--image-size 224] [--noise 6]
+                                      [--augment jitter_p=0 --augment blur_p=0 ...]
 
 Writes its own TSV of 640x480 photo-like JPEG rows (base64, quality 90, a caption and four object tags each) in a
 temporary directory, then measures, in this order:
@@ -101,7 +102,11 @@ def main():
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--noise", type=float, default=6.0,
                         help="pixel noise of the generated photos: 6 (default) ~80 KB JPEGs, 0 ~25 KB")
+    parser.add_argument("--augment", action="append", default=[], metavar="OPTION=P",
+                        help="an augment_train option for the dataset, e.g. jitter_p=0 (what a sample costs without "
+                             "the colour work)")
     args = parser.parse_args()
+    augment = {key: float(value) for key, value in (item.split("=", 1) for item in args.augment)} or True
     cv2.setNumThreads(1)
 
     import ernievil2
@@ -130,10 +135,11 @@ def main():
                          args.seconds / 4)
         print(f"one thread: inference preprocessing (base64 + full decode + preprocess_eval) {eval_rate:.0f} img/s")
 
-        dataset = MultiViewDataset(RowIndex(tsv), vocab, seed=1, image_size=args.image_size)
+        dataset = MultiViewDataset(RowIndex(tsv), vocab, seed=1, image_size=args.image_size, augment=augment)
         n = len(dataset)
         per_core = rate(lambda k: dataset[(1 + k // n, k % n)], args.seconds)
-        print(f"one thread: MultiViewDataset {per_core:.1f} samples/s per core")
+        print(f"one thread: MultiViewDataset {per_core:.1f} samples/s per core"
+              + (f" (augment {augment})" if augment is not True else ""))
 
         if args.workers:
             import paddle
