@@ -152,6 +152,18 @@ def test_jp2_ihdr_bytes_outside_the_header_box_mean_nothing():
         decode_image(data, max_pixels=1999)
 
 
+def test_jp2_pixels_count_four_times_against_the_limit():
+    """OpenJPEG holds 32-bit samples while decoding: a JPEG 2000 under the pixel limit may still need 4x the
+    memory the limit stands for, so its pixels count 4 times."""
+    data = real_jp2()  # 50 x 40 = 2000 pixels
+    with pytest.raises(BadImageError, match=r"2000 pixels, counted 4 times \(JPEG 2000 is decoded through 32-bit "
+                                            r"samples\): over the limit of 7999"):
+        decode_image(data, max_pixels=7999)
+    assert decode_image(data, max_pixels=8000).shape == (40, 50, 3)
+    png = cv2.imencode(".png", np.zeros((40, 50, 3), np.uint8))[1].tobytes()
+    assert decode_image(png, max_pixels=2000).shape == (40, 50, 3)  # other formats: one pixel counts once
+
+
 def test_jp2_decodes_to_the_same_pixels_as_opencv():
     data = real_jp2()
     expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

@@ -36,9 +36,17 @@ DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 _PILLOW_FORMATS = {"GIF": "GIF", "JPEG 2000": "JPEG2000"}
 
 
-def _check_pixels(width, height, max_pixels):
-    if max_pixels is not None and width * height > max_pixels:
-        raise BadImageError(f"image is {width} x {height} = {width * height} pixels, over the limit of {max_pixels}")
+# What a pixel costs against max_pixels, by format, when it is not 3 bytes: OpenJPEG decodes JPEG 2000 into a 32-bit
+# integer per sample (12 bytes per RGB pixel) before Pillow packs it, so a JPEG 2000 image counts 4 times.
+_PIXEL_COST = {"JPEG 2000": 4}
+
+
+def _check_pixels(width, height, max_pixels, kind=None):
+    cost = _PIXEL_COST.get(kind, 1)
+    if max_pixels is not None and width * height * cost > max_pixels:
+        counted = f", counted {cost} times ({kind} is decoded through 32-bit samples):" if cost > 1 else ","
+        raise BadImageError(f"image is {width} x {height} = {width * height} pixels{counted} over the limit of "
+                            f"{max_pixels}")
 
 
 def decode_image(data, max_pixels=DEFAULT_MAX_PIXELS):
@@ -60,7 +68,7 @@ def decode_image(data, max_pixels=DEFAULT_MAX_PIXELS):
         raise BadImageError(f"cannot decode image: {len(data)} bytes starting {data[:8]!r} are not an image "
                             f"format accepted here ({ACCEPTED})")
     if declared is not None:
-        _check_pixels(*declared, max_pixels)
+        _check_pixels(*declared, max_pixels, kind)
     elif max_pixels is not None:  # the size cannot be known without decoding: refuse rather than risk it
         raise BadImageError(f"cannot decode image: its {kind} header is truncated or corrupt (not an image format "
                             f"this reader can size)")
@@ -136,7 +144,7 @@ def _decode_pillow(data, pillow_format, declared, max_pixels):
             if declared is not None and (width > declared[0] or height > declared[1]):
                 raise BadImageError(f"cannot decode image: Pillow would decode this {pillow_format} file to "
                                     f"{width} x {height} but its header declares {declared[0]} x {declared[1]}")
-            _check_pixels(width, height, limit)
+            _check_pixels(width, height, limit, "JPEG 2000" if pillow_format == "JPEG2000" else None)
         image.load()
         if image.mode == "P":  # through the palette: what convert("RGB") gives, without its 4-byte pixels
             palette = np.zeros((256, 3), np.uint8)
