@@ -199,18 +199,24 @@ def test_huge_images_are_refused_from_the_header():
     assert DEFAULT_MAX_PIXELS == 89_478_485
 
 
+def assert_limit_is_exactly_the_image(data, ext):
+    """A 53 x 37 image decodes at a limit of its pixels (4 times them for JPEG 2000, see test_hostile_images) and
+    is refused one pixel below, with the message naming the size."""
+    cost = 4 if ext == ".jp2" else 1
+    counted = r", counted 4 times \(JPEG 2000 is decoded through 32-bit samples\):" if cost > 1 else ","
+    with pytest.raises(ValueError, match=rf"^image is 53 x 37 = 1961 pixels{counted} over the limit of "
+                                         rf"{1961 * cost - 1}$"):
+        decode_image(data, max_pixels=1961 * cost - 1)
+    assert decode_image(data, max_pixels=1961 * cost).shape == (37, 53, 3)
+
+
 @pytest.mark.parametrize("ext, params", [(".png", ()), (".jpg", ()), (".bmp", ()), (".webp", ()),
                                          (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101)),  # lossless VP8L
                                          (".jpg", (cv2.IMWRITE_JPEG_PROGRESSIVE, 1))])
 def test_header_size_matches_real_files(ext, params):
     data = encode(colourful(37, 53), ext, params)
     assert header_size(data) == (53, 37)
-    cost = 4 if ext == ".jp2" else 1  # JPEG 2000 pixels count 4 times (test_hostile_images)
-    counted = r", counted 4 times \(JPEG 2000 is decoded through 32-bit samples\):" if cost > 1 else ","
-    with pytest.raises(ValueError, match=rf"^image is 53 x 37 = 1961 pixels{counted} over the limit of "
-                                         rf"{1961 * cost - 1}$"):
-        decode_image(data, max_pixels=1961 * cost - 1)
-    assert decode_image(data, max_pixels=1961 * cost).shape == (37, 53, 3)
+    assert_limit_is_exactly_the_image(data, ext)
 
 
 def test_pixel_limit_after_decoding_for_other_formats():
@@ -345,12 +351,7 @@ def test_every_opencv_format_is_sized_from_its_header(ext):
     data = encode(image, ext)
     kind, size = sniff(data)
     assert kind is not None and size == (53, 37), (ext, kind, size)
-    cost = 4 if ext == ".jp2" else 1  # JPEG 2000 pixels count 4 times (test_hostile_images)
-    counted = r", counted 4 times \(JPEG 2000 is decoded through 32-bit samples\):" if cost > 1 else ","
-    with pytest.raises(ValueError, match=rf"^image is 53 x 37 = 1961 pixels{counted} over the limit of "
-                                         rf"{1961 * cost - 1}$"):
-        decode_image(data, max_pixels=1961 * cost - 1)
-    assert decode_image(data, max_pixels=1961 * cost).shape == (37, 53, 3)
+    assert_limit_is_exactly_the_image(data, ext)
 
 
 def bilevel_tiff_header(width, height, big_endian=False):
