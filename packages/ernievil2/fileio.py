@@ -3,6 +3,9 @@
 A temporary file is named `.NAME.tmp-HOST-PID[.part]` beside its target, so that a later run can tell the
 leftovers of a killed run (same host, process gone) from files a live process is still writing."""
 import contextlib
+import ctypes
+import errno
+import functools
 import json
 import os
 import re
@@ -111,24 +114,40 @@ def write_text_atomic(path, text, encoding="utf-8"):
 
 
 def swap_in_folder(stage, path):
-    """Replace the folder `path` by the complete folder `stage` beside it: the files are flushed to disk, the old
-    folder is renamed aside (to a name `recover_folder` knows), the new one renamed in, and the old one removed.  A
-    crash between the two renames leaves the old folder aside, never no folder at all."""
+    """Replace the folder `path` by the complete folder `stage` beside it, its files flushed to disk first.  Where
+    the system can exchange two names in one step (Linux renameat2), readers never see `path` missing; elsewhere
+    the old folder is renamed aside (to a name `recover_folder` knows), the new one renamed in, and the old one
+    removed, so a crash between the two renames leaves the old folder aside, never no folder at all.  A lock beside
+    `path` names the swapping process, so that a reader's `recover_folder` does not mistake a swap in progress for
+    a crashed one (and two swaps of one folder take turns)."""
     path = os.path.abspath(path)
     _fsync_tree(stage)
-    recover_folder(path)
-    aside = _aside_path(path)
-    if os.path.exists(path):
-        os.replace(path, aside)
-    os.replace(stage, path)
-    fsync_dir(os.path.dirname(path))
-    shutil.rmtree(aside, ignore_errors=True)
+    with exclusive(_swap_lock_path(path)):
+        _put_old_folder_back(path)
+        if os.path.isdir(path) and _exchange(stage, path):
+            fsync_dir(os.path.dirname(path))
+            shutil.rmtree(stage, ignore_errors=True)  # it holds the old folder now
+            return
+        aside = _aside_path(path)
+        if os.path.exists(path):
+            os.replace(path, aside)
+        os.replace(stage, path)
+        fsync_dir(os.path.dirname(path))
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def recover_folder(path):
     """Finish what a crash interrupted in swap_in_folder: put the old folder back when `path` is missing, or remove it
-    when `path` is there.  Returns True when a folder was put back.  Readers call it before reading `path`."""
-    aside = _aside_path(os.path.abspath(path))
+    when `path` is there.  Returns True when a folder was put back.  Readers call it before reading `path`; while a
+    live process is swapping the folder it does nothing."""
+    path = os.path.abspath(path)
+    if _held(_swap_lock_path(path)):
+        return False
+    return _put_old_folder_back(path)
+
+
+def _put_old_folder_back(path):
+    aside = _aside_path(path)
     if not os.path.isdir(aside):
         return False
     if os.path.exists(path):
@@ -139,6 +158,33 @@ def recover_folder(path):
     except OSError:  # another process put it back first
         return False
     return True
+
+
+def _exchange(a, b):
+    """Exchange the names of two existing paths in one step (Linux renameat2 with RENAME_EXCHANGE); False where the
+    system or the file system cannot."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_cwd, rename_exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:  # no C library to open by name (e.g. Windows)
+        return None
+
+
+def _swap_lock_path(path):
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.swap-lock")
 
 
 def _aside_path(path):
@@ -163,22 +209,29 @@ def exclusive(path, poll=0.2):
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             break
         except FileExistsError:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    host, pid = f.read().split()
-                dead = host == _HOST and not process_alive(int(pid))
-            except (OSError, ValueError):  # being written this instant, or released
-                dead = False
-            if dead:
-                _remove(path)
-            else:
+            if _held(path):
                 time.sleep(poll)
+            else:
+                _remove(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(f"{_HOST} {os.getpid()}\n")
         yield
     finally:
         _remove(path)
+
+
+def _held(lock):
+    """Whether the lock file `lock` exists and its holder is not known to be gone (a lock of another host, or one
+    being written this instant, counts as held)."""
+    try:
+        with open(lock, encoding="utf-8") as f:
+            host, pid = f.read().split()
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return host != _HOST or process_alive(int(pid))
 
 
 def process_alive(pid):

@@ -136,6 +136,7 @@ def test_a_crash_between_the_two_renames_of_a_folder_swap_never_leaves_no_folder
         if str(src) == str(stage):
             raise KeyboardInterrupt("power cut")
         real_replace(src, dst)
+    monkeypatch.setattr(fileio, "_exchange", lambda a, b: False)  # the two-rename way (no renameat2 there)
     monkeypatch.setattr(fileio.os, "replace", crash_before_the_second_rename)
     with pytest.raises(KeyboardInterrupt):
         fileio.swap_in_folder(str(stage), str(target))
@@ -145,6 +146,32 @@ def test_a_crash_between_the_two_renames_of_a_folder_swap_never_leaves_no_folder
     assert fileio.recover_folder(str(target)) and (target / "v.txt").read_text() == "old"
     fileio.swap_in_folder(str(stage), str(target))
     assert (target / "v.txt").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["index"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_readers_during_a_swap_never_undo_it(tmp_path, monkeypatch, exchange):
+    """A reader's recover_folder while another process is between the two renames of a swap must leave the swap
+    alone (it once put the old folder back, and the swap's second rename failed: 'Directory not empty')."""
+    import ernievil2.fileio as fileio
+    if not exchange:
+        monkeypatch.setattr(fileio, "_exchange", lambda a, b: False)
+    elif not fileio._exchange(str(tmp_path), str(tmp_path)):
+        pytest.skip("this system has no renameat2 RENAME_EXCHANGE")
+    target, stage = tmp_path / "index", tmp_path / "stage"
+    for folder, text in ((target, "old"), (stage, "new")):
+        folder.mkdir()
+        (folder / "v.txt").write_text(text)
+    seen = []
+    real_replace = os.replace
+
+    def a_reader_runs_between_the_renames(src, dst):
+        if str(src) == str(stage):
+            seen.append((fileio.recover_folder(str(target)), target.exists()))
+        real_replace(src, dst)
+    monkeypatch.setattr(fileio.os, "replace", a_reader_runs_between_the_renames)
+    fileio.swap_in_folder(str(stage), str(target))
+    assert (target / "v.txt").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["index"]
+    assert seen == ([] if exchange else [(False, False)])  # the exchange has no in-between; else the reader waits
 
 
 def test_a_killed_process_not_yet_reaped_counts_as_gone(tmp_path):
