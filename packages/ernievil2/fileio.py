@@ -16,6 +16,7 @@ import zipfile
 
 import numpy as np
 
+_IMPORTED = time.time()
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
 
 
@@ -232,6 +233,19 @@ def _held(lock):
     except (OSError, ValueError):
         return True
     return host != _HOST or process_alive(int(pid))
+
+
+def process_start_time():
+    """When this process started, in seconds since the epoch (from /proc: about 10 ms exact), else when this module
+    was imported."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
 
 
 def process_alive(pid):

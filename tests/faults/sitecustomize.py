@@ -7,6 +7,8 @@ environment).  The functions below are wrapped when their module is first import
 ERNIEVIL2_KILL_AT_STEP=N       SIGKILL a training process after step N (and its checkpoint), before step N+1.
 ERNIEVIL2_SLOW_CHUNKS=S        sleep S seconds before each chunk an inference rank writes.
 ERNIEVIL2_STOP_AFTER_CHUNKS=N  SIGKILL an inference rank once it has written N chunks.
+ERNIEVIL2_START_AFTER=PATH     an inference rank waits until PATH exists before it opens the work folder (a rank
+                               that a busy machine slowed down until rank 0 had finished).
 """
 import functools
 import importlib.abc
@@ -35,6 +37,7 @@ def _patch_trainer(module):
 
 
 def _patch_chunks(module):
+    _patch_start(module)
     slow, stop = os.environ.get("ERNIEVIL2_SLOW_CHUNKS"), os.environ.get("ERNIEVIL2_STOP_AFTER_CHUNKS")
     if not (slow or stop):
         return
@@ -51,6 +54,21 @@ def _patch_chunks(module):
             _kill_self()
         return result
     module.ChunkedRun.write_chunk = faulty_write_chunk
+
+
+def _patch_start(module):
+    after = os.environ.get("ERNIEVIL2_START_AFTER")
+    if not after:
+        return
+    start = module.ChunkedRun.start
+
+    @functools.wraps(start)
+    def late_start(self, *args, **kwargs):
+        deadline = time.time() + 600
+        while not os.path.exists(after) and time.time() < deadline:
+            time.sleep(0.05)
+        return start(self, *args, **kwargs)
+    module.ChunkedRun.start = late_start
 
 
 PATCHES = {"ernievil2.train.trainer": _patch_trainer, "ernievil2.infer.sharding": _patch_chunks}
@@ -79,5 +97,5 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
 
 if any(os.environ.get(name) for name in ("ERNIEVIL2_KILL_AT_STEP", "ERNIEVIL2_SLOW_CHUNKS",
-                                         "ERNIEVIL2_STOP_AFTER_CHUNKS")):
+                                         "ERNIEVIL2_STOP_AFTER_CHUNKS", "ERNIEVIL2_START_AFTER")):
     sys.meta_path.insert(0, _PatchOnImport())

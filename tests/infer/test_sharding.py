@@ -81,24 +81,27 @@ def test_one_rank_two_ranks_and_two_nodes_write_identical_files(job):
     assert matching_sidecar(str(tmp / "two" / "emb.out"))  # the sidecar certifies the merged text file
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a rank that starts after rank 0 merged and removed the work folder "
-                                      "makes it again and embeds every chunk into it (the cause of an intermittent "
-                                      "leftover emb.out.work in the 2-rank test); to be fixed")
 def test_a_rank_that_starts_after_rank_0_finished_the_job_leaves_no_work_behind(job):
-    """On a busy machine a rank can start after rank 0 claimed, embedded and merged every chunk and removed the work
-    folder: it must neither make the folder again nor embed the input into it (CI saw a leftover emb.out.work)."""
+    """On a busy machine a rank of a launch can reach the work folder after rank 0 claimed, embedded and merged every
+    chunk and removed the folder: it must neither make the folder again nor embed the input into it (CI saw a
+    leftover emb.out.work).  A rank started after the output was written (a new run) still works as usual."""
     config, tmp = job
     run_infer(config, tmp / "ref" / "emb.out")
     out, work = tmp / "late" / "emb.out", tmp / "late" / "emb.out.work"
-    rank0 = start_infer(config, out, ENV, rank=0)  # alone, it claims every chunk itself
+    late = start_infer(config, out, fault_env(ENV, ERNIEVIL2_START_AFTER=out), rank=1)  # held until rank 0 is done
+    rank0 = start_infer(config, out, ENV, rank=0)
     _, err = rank0.communicate(timeout=300)
     assert rank0.returncode == 0, err[-3000:]
-    late = start_infer(config, out, ENV, rank=1)
-    _, stderr = late.communicate(timeout=300)
+    stdout, stderr = late.communicate(timeout=300)
     assert late.returncode == 0, stderr[-3000:]
+    assert "nothing left to do" in stdout
     assert sorted(os.listdir(tmp / "late")) == ["emb.npz", "emb.out"] and not work.exists()
     for name in ("emb.out", "emb.npz"):
         assert same_files(tmp / "ref" / name, tmp / "late" / name), name
+    again = start_infer(config, out, ENV, rank=1)  # started after the output: a rank of the next run, it embeds
+    stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0 and "nothing left to do" not in stdout, stderr[-3000:]
+    assert len(list(work.glob("chunk_*.npz"))) == 12  # (left for that run's rank 0 to merge)
 
 
 def test_sigkill_of_one_rank_then_resume_gives_the_same_output(job):

@@ -40,7 +40,7 @@ class ChunkSummary:
 
     def lines(self):
         if self.rank:
-            return [f"rank {self.rank} of {self.world}: done (rank 0 writes {self.output_file})"]
+            return [f"rank {self.rank} of {self.world}: done (rank 0 writes {self.output_file})", *self.notes]
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         outputs = self.output_file + "".join(f" (+ {path})" for path in self.also_written)
         out = [f"{self.noun}s read: {self.read}, {self.verb}: {self.written}, skipped: {sum(self.skipped.values())}",
@@ -124,7 +124,11 @@ def _embed_share(job, summary, rank, world):
         # What ran is part of the fingerprint: a resumed run never mixes devices, engines or precisions.
         run = ChunkedRun(job.output_file, fingerprint(job=job.stamp, ran=ran_by(job.encoder)), job.total,
                          job.chunk_rows, rank, world)
-        summary.stale_chunks, summary.reused = run.start()
+        started = run.start()
+        if started is None:
+            summary.notes.append("rank 0 finished the job before this rank started: nothing left to do")
+            return run
+        summary.stale_chunks, summary.reused = started
         progress = _progress(job, total=job.total - summary.reused)
         try:
             while True:

@@ -8,9 +8,11 @@ gone (same host, process not alive) or whose lease expired (another host) is tak
 paddle.distributed.launch, the nodes of a shared file system, or runs started twice) finish within one chunk of each
 other, and a dead rank's chunk is redone by the others.  Rank 0 (PADDLE_TRAINER_ID; one process is rank 0 of 1)
 then waits for every chunk, claims the merge, and concatenates the chunks in input order; the folder is removed on
-success.  Every chunk starts with empty caches, so its numbers do not depend on which process made it: the output is
-the same for any number of ranks.  A run started again reuses the chunks whose fingerprint matches, redoes the others
-(another input, config or weights, or a file a crash left unreadable) and ignores temporaries of dead processes.
+success; a rank that gets to the folder only after that (started before the output was published, slowed down) has
+nothing left to do.  Every chunk starts with empty caches, so its numbers do not depend on which process made it: the
+output is the same for any number of ranks.  A run started again reuses the chunks whose fingerprint matches, redoes
+the others (another input, config or weights, or a file a crash left unreadable) and ignores temporaries of dead
+processes.
 """
 import glob
 import hashlib
@@ -30,6 +32,7 @@ from ..fileio import (
     NpzWriter,
     cache_home,
     process_alive,
+    process_start_time,
     read_strings,
     remove_stale_temps,
     string_columns,
@@ -174,8 +177,14 @@ class ChunkedRun:
     def start(self):
         """Before any work: refuse to share the folder with a live run of another job; remove the chunks that
         another input, config or weights made or that cannot be read, and dead processes' temporaries.  Returns
-        (stale chunks removed, rows reused from finished chunks)."""
+        (stale chunks removed, rows reused from finished chunks), or None for a rank other than 0 that arrives
+        when the job is already finished."""
         os.makedirs(self.work_dir, exist_ok=True)
+        if self.rank != 0 and self._output_made_since_this_process_started():
+            # Rank 0 of this launch embedded and merged every chunk (and removed the folder) before this rank got
+            # here: its work would go into a folder nobody merges.
+            self.remove_if_empty()
+            return None
         for path in glob.glob(os.path.join(self.work_dir, "*.claim")):
             holder = _read_claim(path)
             if holder and holder.get("fingerprint") != self.stamp and self._holder_alive(path, holder):
@@ -194,6 +203,14 @@ class ChunkedRun:
                 stale += bool(meta)
         remove_stale_temps(os.path.join(self.work_dir, "chunk_*.npz"))  # parts of chunks killed half-written
         return stale, sum(self.rows(c)[1] - self.rows(c)[0] for c in range(self.count) if self.meta(c))
+
+    def _output_made_since_this_process_started(self):
+        """Whether the output was published after this process started.  Rank 0 publishes the output before it
+        removes the folder, so a rank that finds the folder missing (or just made it) sees the output here."""
+        try:
+            return os.stat(self.output_file).st_mtime >= process_start_time()
+        except FileNotFoundError:
+            return False
 
     def claim_next(self):
         """Claim the first chunk that is neither finished nor held by a live process; None when there is none (for
