@@ -1,7 +1,7 @@
 """Benchmark: training samples per CPU core (MultiViewDataset), and with N DataLoader workers.
 
     python benchmarks/bench_loader.py [--rows 64] [--seconds 8] [--workers 2] [--image-size 224] [--noise 6]
-                                      [--augment jitter_p=0 --augment blur_p=0 ...]
+                                      [--augment jitter_p=0 --augment blur_p=0 ...] [--colour-work device]
 
 Writes its own TSV of 640x480 photo-like JPEG rows (base64, quality 90, a caption and four object tags each) in a
 temporary directory, then measures, in this order:
@@ -10,6 +10,9 @@ temporary directory, then measures, in this order:
   * `MultiViewDataset[(epoch, i)]` on one thread (cv2.setNumThreads(1), OMP/MKL/OpenBLAS threads 1): two augmented
     views + caption ids + tag ids per sample, the whole sample path of training;
   * the same dataset behind `paddle.io.DataLoader(num_workers=N)` (batch 32), samples/s of the whole loader.
+With `--colour-work device` (the trainer's data.colour_work) a sample's views are uint8 crops and colour draws,
+and the per-pixel colour work is measured apart: train.view_colour on batches of 32, on this CPU with Paddle's
+threads at one (on a GPU it runs on the device instead).
 Single-thread rates are per second of CPU time (time.process_time), i.e. per core; the loader rate is wall time.
 Every epoch gets fresh augmentation (items (epoch, i) for epoch 0, 1, ...), so nothing is measured from a cache
 that training would not hit; captions repeat across rows as they do in caption corpora (5 rows per image text).
@@ -105,6 +108,9 @@ def main():
     parser.add_argument("--augment", action="append", default=[], metavar="OPTION=P",
                         help="an augment_train option for the dataset, e.g. jitter_p=0 (what a sample costs without "
                              "the colour work)")
+    parser.add_argument("--colour-work", choices=("loader", "device"), default="loader",
+                        help="where the views' colour work runs (data.colour_work): device leaves it out of the "
+                             "sample and times it apart")
     args = parser.parse_args()
     augment = {key: float(value) for key, value in (item.split("=", 1) for item in args.augment)} or True
     cv2.setNumThreads(1)
@@ -135,11 +141,16 @@ def main():
                          args.seconds / 4)
         print(f"one thread: inference preprocessing (base64 + full decode + preprocess_eval) {eval_rate:.0f} img/s")
 
-        dataset = MultiViewDataset(RowIndex(tsv), vocab, seed=1, image_size=args.image_size, augment=augment)
+        on_device = args.colour_work == "device"
+        dataset = MultiViewDataset(RowIndex(tsv), vocab, seed=1, image_size=args.image_size, augment=augment,
+                                   **({"colour_on_device": True} if on_device else {}))  # (older checkouts)
         n = len(dataset)
         per_core = rate(lambda k: dataset[(1 + k // n, k % n)], args.seconds)
         print(f"one thread: MultiViewDataset {per_core:.1f} samples/s per core"
-              + (f" (augment {augment})" if augment is not True else ""))
+              + (f" (augment {augment})" if augment is not True else "")
+              + (" (colour work on the device: crops and draws)" if on_device else ""))
+        if on_device:
+            time_colour_work(dataset, args.seconds)
 
         if args.workers:
             import paddle
@@ -158,6 +169,25 @@ def main():
             del it
             print(f"DataLoader, {args.workers} workers: {loader_rate:.1f} samples/s "
                   f"({loader_rate / args.workers:.1f} per worker)")
+
+
+def time_colour_work(dataset, seconds, batch=32):
+    """Samples/s of train.view_colour on this CPU (both views of a sample), Paddle at one thread."""
+    import paddle
+
+    from ernievil2.train.data import collate_samples
+    from ernievil2.train.view_colour import colour_views
+    paddle.set_device("cpu")
+    n = len(dataset)
+    batches = [collate_samples([dataset[(1, (b * batch + j) % n)] for j in range(batch)]) for b in range(4)]
+
+    def colour(k):
+        views = batches[k % len(batches)]
+        for key in ("image_view1", "image_view2"):
+            colour_views(views[key], views[f"{key}_colour"])
+    per_second = rate(colour, seconds / 2) * batch
+    print(f"one thread: the colour work of both views (train.view_colour, batches of {batch}, on this CPU) "
+          f"{per_second:.1f} samples/s")
 
 
 if __name__ == "__main__":

@@ -137,6 +137,27 @@ def test_augmentation_equals_a_float64_implementation_of_the_recipe(options):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4, err_msg=f"seed {seed}")
 
 
+@pytest.mark.parametrize("options", [{}, {"jitter_p": 1.0, "hue": 0.5}, {"jitter_p": 1.0, "gray_p": 1.0},
+                                     {"jitter_p": 1.0, "brightness": 0.9, "contrast": 0.9, "saturation": 0.9,
+                                      "blur_p": 1.0}])
+def test_the_colour_work_on_the_device_equals_the_float64_recipe(options):
+    """data.colour_work=device: the loader's crops and draws, coloured as one batch by train.view_colour (each
+    sample with its own op order, a subset of rows per op), against the float64 recipe view by view."""
+    from ernievil2.data.transforms import draw_view
+    from ernievil2.train.view_colour import colour_views
+    resized = np.random.default_rng(1).integers(0, 256, (40, 57, 3), dtype=np.uint8)
+    resized = cv2.GaussianBlur(resized, (3, 3), 0.8)
+    crops, draws = zip(*(draw_view(resized, np.random.default_rng(seed), 32, **options) for seed in range(25)))
+    assert all(crop.dtype == np.uint8 and crop.shape == (32, 32, 3) for crop in crops)
+    got = colour_views(np.stack(crops), np.stack(draws)).numpy()
+    assert got.shape == (25, 3, 32, 32) and got.dtype == np.float32
+    for seed in range(25):
+        want = reference_view(resized, np.random.default_rng(seed), 32, **options)
+        # float32 work on values in [0, 1] (at most ~40 roundings of 2**-24 through the hue formulas), times
+        # 1/std <= 4.5: well under 1e-4; a wrong op order, clamp, hue sector or blur tap is off by 1e-2 or more.
+        np.testing.assert_allclose(got[seed], want, rtol=0, atol=1e-4, err_msg=f"seed {seed}")
+
+
 @pytest.mark.parametrize("opencv_wraps_hue", [True, False])
 def test_hue_rotation_with_and_without_opencvs_own_wrap(monkeypatch, opencv_wraps_hue):
     import ernievil2.data.transforms as transforms
@@ -187,3 +208,30 @@ def test_a_sample_is_a_function_of_epoch_and_row_only(dataset):
     assert np.abs(first[(0, 0)]["image_view1"] - first[(1, 0)]["image_view1"]).mean() > 0.05  # epochs differ
     assert first[(0, 0)]["caption_key"] != first[(0, 1)]["caption_key"]
     assert list(first[(0, 0)]["caption_ids"][:1]) == [dataset.tokenizer.cls_id]
+
+
+def test_with_the_colour_work_on_the_device_a_sample_is_its_crops_and_draws(dataset):
+    """data.colour_work=device changes where the colour work runs, not the sample: the loader's crops and draws,
+    coloured by the loader's own code, are the loader-path sample bit for bit; on the device, equal to rounding."""
+    import copy
+
+    from ernievil2.data.transforms import apply_colour
+    from ernievil2.train.data import collate_samples
+    from ernievil2.train.view_colour import colour_views
+    on_device = copy.copy(dataset)
+    on_device.colour_on_device = True
+    items = [(0, 0), (0, 1), (1, 3)]
+    for item in items:
+        plain, split = dataset[item], on_device[item]
+        assert set(split) == set(plain) | {"image_view1_colour", "image_view2_colour"}
+        for key in ("image_view1", "image_view2"):
+            assert split[key].dtype == np.uint8 and split[key].shape == (64, 64, 3)
+            np.testing.assert_array_equal(apply_colour(split[key], split[f"{key}_colour"]), plain[key])
+        for key in set(plain) - {"image_view1", "image_view2"}:
+            np.testing.assert_array_equal(split[key], plain[key], err_msg=key)
+    batch = collate_samples([on_device[item] for item in items])
+    coloured = colour_views(batch["image_view2"], batch["image_view2_colour"]).numpy()
+    np.testing.assert_allclose(coloured, np.stack([dataset[item]["image_view2"] for item in items]), rtol=0,
+                               atol=1e-4)  # float32 roundings as in the test against the float64 recipe
+    placeholder = on_device._placeholder(2)  # a bad row's stand-in stacks with the others
+    assert collate_samples([on_device[(0, 0)], placeholder])["image_view1"].shape == (2, 64, 64, 3)

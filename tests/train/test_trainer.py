@@ -86,13 +86,15 @@ def free_port():
 @pytest.mark.parametrize("queue", [False, True], ids=["in-batch", "with-queue"])
 def test_two_ranks_log_the_same_losses_as_one_rank_with_the_whole_batch(tmp_path, queue):
     loss = {"queue": {"enabled": queue, "size": 32, "momentum": 0.9}}
-    # The setting: every term on, dropout off, 2 ranks x 8 against 1 rank x 16.
+    # The setting: every term on, dropout off, 2 ranks x 8 against 1 rank x 16.  The in-batch pair also
+    # colours its views on the device (data.colour_work), where each rank colours its own half of the batch.
+    colour = {"colour_work": "loader" if queue else "device"}
     one = write_config(tmp_path, "one.yaml", output_dir=str(tmp_path / "one"), loss=loss,
-                       data={"batch_size": 16})
+                       data={"batch_size": 16, **colour})
     # The queue run is launched by run_train.sh itself (no launcher options, cpu_processes=2), into a folder
     # whose name has a space: the launch plan must hand it to the launcher as one argument.
     two_dir = tmp_path / ("two ranks" if queue else "two")
-    two = write_config(tmp_path, "two.yaml", output_dir=str(two_dir), loss=loss, data={"batch_size": 8})
+    two = write_config(tmp_path, "two.yaml", output_dir=str(two_dir), loss=loss, data={"batch_size": 8, **colour})
     run_train([one])
     if queue:
         run_train([two, "-o", "cpu_processes=2"])

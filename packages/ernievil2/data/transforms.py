@@ -233,17 +233,24 @@ def _scratch_buffers(size):
     return buffers
 
 
+# The colour draws of one view (draw_view), as one float64 vector: which ops fire, the jitter's order and factors,
+# the blur's sigma.  apply_colour reads it here; train.view_colour applies it batched on the training device.
+COLOUR_DRAWS = ("jitter", "order0", "order1", "order2", "order3", "brightness", "contrast", "saturation", "hue",
+                "gray", "blur", "sigma")
+DRAW = {name: k for k, name in enumerate(COLOUR_DRAWS)}
+
+
 def augment_resized(resized, rng, size=224, **options):
     """augment_train of an image already short-side resized (resize_short_side or resize_reduced), so that the
-    views of one image share one resize.  ``options``: those of augment_train (AUGMENT_OPTIONS).
+    views of one image share one resize.  ``options``: those of augment_train (AUGMENT_OPTIONS).  It is
+    draw_view (every random number, the crop and the flip) followed by apply_colour (the per-pixel float work),
+    so that the colour work can run elsewhere (train.view_colour) on the same draws."""
+    return apply_colour(*draw_view(resized, rng, size, **options))
 
-    The work after the crop takes few passes: a flip of the uint8 crop (cv2.flip; numpy converts a reversed view
-    to float 50x slower), one conversion to float, the jitter ops (one matrix pass and the clamps that can bite,
-    into reused buffers), grayscale and normalisation as one composed matrix, then the blur (a per-channel filter
-    whose weights sum to 1 commutes with per-pixel affine colour maps, so blurring after normalising gives the
-    same image up to float rounding), and the split into CHW planes.  Same random draws, same ops in the same
-    order as before: only float rounding differs.
-    """
+
+def draw_view(resized, rng, size=224, **options):
+    """The random and geometric half of a training view: (the uint8 crop [size, size, 3], flipped if drawn; its
+    colour draws, float64 [len(COLOUR_DRAWS)]).  Every random number is drawn here, in augment_train's order."""
     unknown = sorted(set(options) - set(AUGMENT_OPTIONS))
     if unknown:
         raise TypeError(f"unknown augmentation option(s) {', '.join(unknown)}; expected some of "
@@ -255,46 +262,56 @@ def augment_resized(resized, rng, size=224, **options):
     top = int(rng.integers(0, max(height - size, 0) + 1))
     left = int(rng.integers(0, max(width - size, 0) + 1))
     do_flip = rng.random() < o["flip_p"]
-    do_jitter = rng.random() < o["jitter_p"]
-    op_order = rng.permutation(4)
-    brightness_factor = rng.uniform(max(0.0, 1.0 - o["brightness"]), 1.0 + o["brightness"])
-    contrast_factor = rng.uniform(max(0.0, 1.0 - o["contrast"]), 1.0 + o["contrast"])
-    saturation_factor = rng.uniform(max(0.0, 1.0 - o["saturation"]), 1.0 + o["saturation"])
-    hue_shift = rng.uniform(-o["hue"], o["hue"])
-    do_gray = rng.random() < o["gray_p"]
-    do_blur = rng.random() < o["blur_p"]
-    sigma = rng.uniform(*o["blur_sigma"])
-
+    draws = np.empty(len(COLOUR_DRAWS), np.float64)
+    draws[DRAW["jitter"]] = rng.random() < o["jitter_p"]
+    draws[DRAW["order0"]:DRAW["order3"] + 1] = rng.permutation(4)
+    for name in ("brightness", "contrast", "saturation"):
+        draws[DRAW[name]] = rng.uniform(max(0.0, 1.0 - o[name]), 1.0 + o[name])
+    draws[DRAW["hue"]] = rng.uniform(-o["hue"], o["hue"])
+    draws[DRAW["gray"]] = rng.random() < o["gray_p"]
+    draws[DRAW["blur"]] = rng.random() < o["blur_p"]
+    draws[DRAW["sigma"]] = rng.uniform(*o["blur_sigma"])
     view = resized[top:top + size, left:left + size]
     if view.shape[:2] != (size, size):  # resize_short_side always leaves at least size x size
         raise ValueError(f"expected an image resized to a short side of {size}, got {resized.shape[:2]}")
-    if do_flip:
-        view = cv2.flip(view, 1)
+    # cv2.flip of the uint8 crop: numpy converts a reversed view to float 50x slower.
+    return (cv2.flip(view, 1) if do_flip else np.ascontiguousarray(view)), draws
+
+
+def apply_colour(crop, draws):
+    """The per-pixel half of a training view: a uint8 crop and its colour draws (draw_view) -> float32 [3, H, W].
+
+    Few passes: one conversion to float, the jitter ops (one matrix pass and the clamps that can bite, into reused
+    buffers), grayscale and normalisation as one composed matrix, then the blur (a per-channel filter whose
+    weights sum to 1 commutes with per-pixel affine colour maps, so blurring after normalising gives the same image
+    up to float rounding), and the split into CHW planes."""
+    size = crop.shape[0]
     image, spare_a, spare_b = _scratch_buffers(size)
     # Converting after the crop keeps the float work at size x size.  The 1/255 is deferred into the next matrix
     # op (`scale`), which saves a pass; only hue needs values in [0, 1] as they are.
-    np.copyto(image, view, casting="unsafe")
+    np.copyto(image, crop, casting="unsafe")
     scale = 1.0 / 255.0
-    if do_jitter:
-        for op in op_order:
+    if draws[DRAW["jitter"]]:
+        for op in draws[DRAW["order0"]:DRAW["order3"] + 1].astype(int):
             if op == 0:
-                image, spare_a = _brightness(image, spare_a, brightness_factor, scale), image
+                image, spare_a = _brightness(image, spare_a, draws[DRAW["brightness"]], scale), image
             elif op == 1:
-                image, spare_a = _contrast(image, spare_a, contrast_factor, scale), image
+                image, spare_a = _contrast(image, spare_a, draws[DRAW["contrast"]], scale), image
             elif op == 2:
-                image, spare_a = _saturation(image, spare_a, saturation_factor, scale), image
-            elif hue_shift != 0.0:
+                image, spare_a = _saturation(image, spare_a, draws[DRAW["saturation"]], scale), image
+            elif draws[DRAW["hue"]] != 0.0:
                 if scale != 1.0:
                     np.multiply(image, np.float32(scale), out=image)
-                image, spare_a = _hue(image, spare_a, hue_shift, spare_b), image
+                image, spare_a = _hue(image, spare_a, draws[DRAW["hue"]], spare_b), image
             else:
                 continue
             scale = 1.0
     # Grayscale needs no clamp, so it composes with the normalisation (and a deferred 1/255) into one matrix.
-    linear = _NORMALIZE_FROM_UNIT[:, :3] @ _TO_GRAY if do_gray else _NORMALIZE_FROM_UNIT[:, :3]
+    linear = _NORMALIZE_FROM_UNIT[:, :3] @ _TO_GRAY if draws[DRAW["gray"]] else _NORMALIZE_FROM_UNIT[:, :3]
     image, spare_a = cv2.transform(image, _color_matrix(linear * scale, _NORMALIZE_FROM_UNIT[:, 3]), dst=spare_a), image
-    if do_blur:
+    if draws[DRAW["blur"]]:
         # cv2's default border (reflect-101) matches torchvision's reflect padding.
+        sigma = draws[DRAW["sigma"]]
         image = cv2.GaussianBlur(image, (5, 5), sigmaX=sigma, sigmaY=sigma, dst=spare_a)
     return _to_chw(image)
 

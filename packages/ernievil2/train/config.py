@@ -70,6 +70,11 @@ TRAIN_SCHEMA = Section({
         "image_size": Field(224, minimum=1, doc="square training input side"),
         "max_text_len": Field(48, minimum=3, doc="tokens per text, [CLS] and [SEP] included"),
         "augment": Field(True, type=(bool, dict), doc="true, false, or augment_train options"),
+        "colour_work": Field("auto", choices=("auto", "loader", "device"),
+                             doc="where augmented views get their per-pixel colour work (jitter, grayscale, blur, "
+                                 "normalisation): in the loader, or batched on the training device from the "
+                                 "loader's uint8 crops and draws (about half a sample's CPU time); auto: device "
+                                 "when training on a GPU"),
         "shuffle": True,
         "shuffle_window": Field(8, minimum=1, doc="shards whose rows are shuffled together (the shard order is "
                                                   "shuffled too)"),

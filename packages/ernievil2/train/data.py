@@ -12,7 +12,7 @@ from ..data.images import DEFAULT_MAX_PIXELS, decode_base64_image, decode_base64
 from ..data.prompts import TAG_PROMPT, TAG_SEPARATOR, split_tags, tag_text
 from ..data.tags import read_tags_file  # noqa: F401  (the trainer reads data.tags_file through this name)
 from ..data.tokenizer import ErnieTokenizer
-from ..data.transforms import augment_resized, preprocess_eval, resize_reduced
+from ..data.transforms import COLOUR_DRAWS, apply_colour, draw_view, preprocess_eval, resize_reduced
 from ..data.tsv import BadRow, parse_row
 from ..errors import BadRowError
 
@@ -30,11 +30,15 @@ class MultiViewDataset(paddle.io.Dataset):
     still has image_size pixels, resized once for both views (transforms.resize_reduced): the same crop boxes,
     flips and colour draws as from the full decode, each view pixel at the same place in the image; only the
     resampling differs (block averaging before a bilinear step of < 2x, instead of a bilinear step that skips
-    pixels).  augment=False keeps the exact evaluation preprocessing of the full decode."""
+    pixels).  augment=False keeps the exact evaluation preprocessing of the full decode.
+
+    colour_on_device: an augmented view is its uint8 crop [H, W, 3] and its colour draws (`image_view1_colour`,
+    float64), which train.view_colour turns into the view on the training device, instead of the float32 view."""
 
     def __init__(self, index, vocab_file, seed, image_size=224, max_text_len=48, augment=True,
                  tags=None, tag_prompt=TAG_PROMPT, tag_separator=TAG_SEPARATOR, shuffle_tags=True, max_tags=0,
-                 on_bad_row="error", bad_row_log=None, max_image_pixels=DEFAULT_MAX_PIXELS):
+                 on_bad_row="error", bad_row_log=None, max_image_pixels=DEFAULT_MAX_PIXELS,
+                 colour_on_device=False):
         self.index = index
         self.vocab_file = vocab_file
         self.tokenizer = ErnieTokenizer.from_file(vocab_file)
@@ -50,6 +54,7 @@ class MultiViewDataset(paddle.io.Dataset):
         self.on_bad_row = on_bad_row
         self.bad_row_log = bad_row_log
         self.max_image_pixels = max_image_pixels
+        self.colour_on_device = bool(colour_on_device and augment)
 
     def __len__(self):
         return len(self.index)
@@ -73,12 +78,16 @@ class MultiViewDataset(paddle.io.Dataset):
         raise RuntimeError(f"{self.index.files[0]}: 1000 consecutive bad rows; check the training data")
 
     def _placeholder(self, j):
-        views = np.zeros((3, self.image_size, self.image_size), np.float32)
+        size = self.image_size
         ids = np.asarray([self.tokenizer.cls_id, self.tokenizer.sep_id], np.int64)
         unique = np.int64(-1 - j)  # never equal to another row's key
-        return {"image_view1": views, "image_view2": views, "caption_ids": ids, "tag_ids": ids,
-                "image_key": unique, "caption_key": unique, "tag_key": unique,
-                "skipped": np.int64(0), "bad_index": np.int64(j)}
+        if self.colour_on_device:  # stacked with the batch's other views: the same layout
+            crop, draws = np.zeros((size, size, 3), np.uint8), np.zeros(len(COLOUR_DRAWS))
+            views = {"image_view1": crop, "image_view2": crop, "image_view1_colour": draws, "image_view2_colour": draws}
+        else:
+            views = dict.fromkeys(("image_view1", "image_view2"), np.zeros((3, size, size), np.float32))
+        return {**views, "caption_ids": ids, "tag_ids": ids, "image_key": unique, "caption_key": unique,
+                "tag_key": unique, "skipped": np.int64(0), "bad_index": np.int64(j)}
 
     def raise_bad_row(self, epoch, j):
         """Re-read row j in this process and raise its BadRowError (see __getitem__)."""
@@ -102,10 +111,17 @@ class MultiViewDataset(paddle.io.Dataset):
                 view1 = view2 = preprocess_eval(rgb, size)
         except ValueError as e:
             raise BadRowError(BadRow(path, line, str(e))) from None
+        views = {}
         if self.augment:
             options = self.augment if isinstance(self.augment, dict) else {}
-            view1 = augment_resized(resized, rng, size, **options)
-            view2 = augment_resized(resized, rng, size, **options)
+            for key in ("image_view1", "image_view2"):
+                crop, draws = draw_view(resized, rng, size, **options)
+                if self.colour_on_device:
+                    views[key], views[f"{key}_colour"] = crop, draws
+                else:
+                    views[key] = apply_colour(crop, draws)
+        else:
+            views = {"image_view1": view1, "image_view2": view2}
         tags = split_tags(row.tags) if row.tags else self.tags.get(row.image_id, [])
         if tags:
             if self.shuffle_tags:
@@ -115,7 +131,7 @@ class MultiViewDataset(paddle.io.Dataset):
             tag_sequence = tag_text(tags, self.tag_prompt, self.tag_separator)
         else:
             tag_sequence = row.text  # no tags for this image: its caption stands in for the tag view
-        return {"image_view1": view1, "image_view2": view2,
+        return {**views,
                 "caption_ids": np.asarray(self.tokenizer.encode(row.text, self.max_text_len), np.int64),
                 "tag_ids": np.asarray(self.tokenizer.encode(tag_sequence, self.max_text_len), np.int64),
                 # identities for loss.mask_duplicates: rows of one image, or with one text, are not negatives
@@ -130,6 +146,7 @@ class MultiViewDataset(paddle.io.Dataset):
 
 
 KEYS = ("image_key", "caption_key", "tag_key")
+VIEW_KEYS = ("image_view1", "image_view2", "image_view1_colour", "image_view2_colour")
 
 
 def identity_key(text):
@@ -139,8 +156,8 @@ def identity_key(text):
 
 
 def collate_samples(samples, pad_id=0):
-    """Stack views; pad caption and tag ids to the longest in this batch."""
-    out = {key: np.stack([s[key] for s in samples]) for key in ("image_view1", "image_view2")}
+    """Stack views (and their colour draws); pad caption and tag ids to the longest in this batch."""
+    out = {key: np.stack([s[key] for s in samples]) for key in VIEW_KEYS if key in samples[0]}
     for key in ("caption_ids", "tag_ids"):
         length = max(len(s[key]) for s in samples)
         ids = np.full((len(samples), length), pad_id, np.int64)

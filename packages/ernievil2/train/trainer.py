@@ -37,6 +37,7 @@ from .loss_config import LossConfig
 from .losses import MultiViewContrastiveLoss, clamp_logit_scale_, make_momentum_copy, momentum_update_
 from .optim import freeze_layers, make_optimizer
 from .order import GlobalBatchSampler
+from .view_colour import colour_views
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +177,8 @@ class Trainer:
 
     def _build_loader(self):
         cfg = self.cfg
+        work = cfg.data.colour_work
+        self.colour_on_device = work == "device" or (work == "auto" and self.device == "gpu")
         self.sampler = GlobalBatchSampler(self.data_index.counts, cfg.data.batch_size, self.world, self.rank,
                                           cfg.seed, cfg.data.shuffle, start_batch=self.step * self.accum,
                                           window=cfg.data.shuffle_window)
@@ -186,7 +189,8 @@ class Trainer:
             max_text_len=cfg.data.max_text_len, augment=cfg.data.augment, tags=tags,
             tag_prompt=self.loss_cfg.tag_prompt, tag_separator=self.loss_cfg.tag_separator,
             shuffle_tags=cfg.data.shuffle_tags, max_tags=cfg.data.max_tags, on_bad_row=cfg.data.on_bad_row,
-            bad_row_log=self.bad_row_log, max_image_pixels=cfg.data.max_image_pixels)
+            bad_row_log=self.bad_row_log, max_image_pixels=cfg.data.max_image_pixels,
+            colour_on_device=self.colour_on_device)
         if cfg.data.num_workers > 0:
             # The forked workers are the parallelism.  OpenCV's thread count is set here, before the fork: set in
             # a worker whose parent had used OpenCV's thread pool (rank 0 draws the demo data), it deadlocked.
@@ -207,10 +211,10 @@ class Trainer:
 
     # -- one step
     def _forward_backward(self, batch, scale_by):
+        images = [_image_views(batch, key) for key in ("image_view1", "image_view2")]  # float32, outside AMP
         with paddle.amp.auto_cast(enable=self.amp_dtype is not None, dtype=self.amp_dtype or "float16",
                                   level=self.cfg.amp.level):
-            views = self.wrapped(*(_as_tensor(batch[k]) for k in ("image_view1", "image_view2", "caption_ids",
-                                                                  "tag_ids")))
+            views = self.wrapped(*images, _as_tensor(batch["caption_ids"]), _as_tensor(batch["tag_ids"]))
         temperature = views.pop("temperature")
         # queue negatives come from loss_fn.queue; identities let it leave duplicates out of the negatives
         losses = self.loss_fn(temperature=temperature, identities=_identities(batch), **views)
@@ -277,7 +281,7 @@ class Trainer:
         momentum_update_(self.model.text_model, self.momentum_towers[1], m)
         img_key = f"image_view{self.loss_cfg.cross_modal_image_view}"
         for batch in batches:
-            image_keys = self.momentum_towers[0](_as_tensor(batch[img_key]))
+            image_keys = self.momentum_towers[0](_image_views(batch, img_key))
             text_keys = self.momentum_towers[1](_as_tensor(batch["caption_ids"]))
             self.loss_fn.update_queue(image_keys, text_keys, _identities(batch))
 
@@ -456,6 +460,13 @@ def _identities(batch):
     """The rows' image, caption and tag keys (train.data.identity_key) for loss.mask_duplicates."""
     return {"image": _as_tensor(batch["image_key"]), "caption": _as_tensor(batch["caption_key"]),
             "tags": _as_tensor(batch["tag_key"])}
+
+
+def _image_views(batch, key):
+    """A batch's image views as the tower takes them: from the loader, or coloured here (data.colour_work)."""
+    if f"{key}_colour" in batch:
+        return colour_views(batch[key], batch[f"{key}_colour"])
+    return _as_tensor(batch[key])
 
 
 def _as_tensor(x):
