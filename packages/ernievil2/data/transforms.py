@@ -275,7 +275,7 @@ def draw_view(resized, rng, size=224, **options):
     if view.shape[:2] != (size, size):  # resize_short_side always leaves at least size x size
         raise ValueError(f"expected an image resized to a short side of {size}, got {resized.shape[:2]}")
     # cv2.flip of the uint8 crop: numpy converts a reversed view to float 50x slower.
-    return (cv2.flip(view, 1) if do_flip else np.ascontiguousarray(view)), draws
+    return (cv2.flip(view, 1) if do_flip else view), draws
 
 
 def apply_colour(crop, draws):

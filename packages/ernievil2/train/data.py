@@ -108,20 +108,17 @@ class MultiViewDataset(paddle.io.Dataset):
                 resized = resize_reduced(rgb, reduction, full_shape, size)
             else:
                 rgb = decode_base64_image(row.image_b64, max_pixels=self.max_image_pixels)
-                view1 = view2 = preprocess_eval(rgb, size)
+                views = dict.fromkeys(("image_view1", "image_view2"), preprocess_eval(rgb, size))
         except ValueError as e:
             raise BadRowError(BadRow(path, line, str(e))) from None
-        views = {}
         if self.augment:
-            options = self.augment if isinstance(self.augment, dict) else {}
+            options, views = (self.augment if isinstance(self.augment, dict) else {}), {}
             for key in ("image_view1", "image_view2"):
                 crop, draws = draw_view(resized, rng, size, **options)
                 if self.colour_on_device:
                     views[key], views[f"{key}_colour"] = crop, draws
                 else:
                     views[key] = apply_colour(crop, draws)
-        else:
-            views = {"image_view1": view1, "image_view2": view2}
         tags = split_tags(row.tags) if row.tags else self.tags.get(row.image_id, [])
         if tags:
             if self.shuffle_tags:

@@ -211,10 +211,10 @@ class Trainer:
 
     # -- one step
     def _forward_backward(self, batch, scale_by):
-        images = [_image_views(batch, key) for key in ("image_view1", "image_view2")]  # float32, outside AMP
         with paddle.amp.auto_cast(enable=self.amp_dtype is not None, dtype=self.amp_dtype or "float16",
                                   level=self.cfg.amp.level):
-            views = self.wrapped(*images, _as_tensor(batch["caption_ids"]), _as_tensor(batch["tag_ids"]))
+            views = self.wrapped(*(_as_tensor(batch[k]) for k in ("image_view1", "image_view2", "caption_ids",
+                                                                  "tag_ids")))
         temperature = views.pop("temperature")
         # queue negatives come from loss_fn.queue; identities let it leave duplicates out of the negatives
         losses = self.loss_fn(temperature=temperature, identities=_identities(batch), **views)
@@ -229,6 +229,7 @@ class Trainer:
         """One optimizer step over `accumulate_steps` micro-batches; returns the averaged loss values."""
         paddle.seed(self.cfg.seed * 1_000_003 + self.step * 9973 + self.rank)  # dropout masks follow the step
         self.model.train()
+        batches = [_coloured(batch) for batch in batches]  # once per step, in float32 outside AMP
         sums = {}
         for i, batch in enumerate(batches):
             last = i == len(batches) - 1
@@ -281,7 +282,7 @@ class Trainer:
         momentum_update_(self.model.text_model, self.momentum_towers[1], m)
         img_key = f"image_view{self.loss_cfg.cross_modal_image_view}"
         for batch in batches:
-            image_keys = self.momentum_towers[0](_image_views(batch, img_key))
+            image_keys = self.momentum_towers[0](_as_tensor(batch[img_key]))
             text_keys = self.momentum_towers[1](_as_tensor(batch["caption_ids"]))
             self.loss_fn.update_queue(image_keys, text_keys, _identities(batch))
 
@@ -462,11 +463,15 @@ def _identities(batch):
             "tags": _as_tensor(batch["tag_key"])}
 
 
-def _image_views(batch, key):
-    """A batch's image views as the tower takes them: from the loader, or coloured here (data.colour_work)."""
-    if f"{key}_colour" in batch:
-        return colour_views(batch[key], batch[f"{key}_colour"])
-    return _as_tensor(batch[key])
+def _coloured(batch):
+    """The batch with its image views as the tower takes them: those the loader left as uint8 crops and colour
+    draws (data.colour_work: device) are coloured here, for the forward pass and the momentum queue alike."""
+    keys = [key for key in ("image_view1", "image_view2") if f"{key}_colour" in batch]
+    if not keys:
+        return batch
+    out = {name: value for name, value in batch.items() if not name.endswith("_colour")}
+    out.update({key: colour_views(batch[key], batch[f"{key}_colour"]) for key in keys})
+    return out
 
 
 def _as_tensor(x):

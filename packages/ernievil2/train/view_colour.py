@@ -13,8 +13,6 @@ import paddle.nn.functional as F
 
 from ..data.transforms import DRAW, IMAGENET_MEAN, IMAGENET_STD, LUMA_WEIGHTS
 
-_JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
-
 
 def colour_views(crops, draws):
     """uint8 crops [B, H, W, 3] (numpy or tensor) and their colour draws float64 [B, len(COLOUR_DRAWS)] (numpy) ->
@@ -24,12 +22,11 @@ def colour_views(crops, draws):
     jitter = draws[:, DRAW["jitter"]] > 0
     for position in range(4):
         drawn_op = draws[:, DRAW[f"order{position}"]]
-        for op, name in enumerate(_JITTER_OPS):
+        for op, (name, jitter_op) in enumerate(_JITTER.items()):  # op k is draw_view's k
             rows = jitter & (drawn_op == op)
             if name == "hue":
                 rows &= draws[:, DRAW["hue"]] != 0.0
-            x = _apply_to_rows(x, rows, lambda sub, factor, name=name: _JITTER[name](sub, factor),
-                               draws[:, DRAW[name]])
+            x = _apply_to_rows(x, rows, jitter_op, draws[:, DRAW[name]])
     x = _apply_to_rows(x, draws[:, DRAW["gray"]] > 0, lambda sub, _: _luma(sub).expand_as(sub))
     x = _apply_to_rows(x, draws[:, DRAW["blur"]] > 0, _gaussian_blur_5x5, draws[:, DRAW["sigma"]])
     mean = paddle.to_tensor(IMAGENET_MEAN.reshape(1, 3, 1, 1))
@@ -98,6 +95,7 @@ def _hue(x, shifts):
     return paddle.clip(out, 0.0, 1.0)
 
 
+# In the numbering of data.transforms (draw_view's op order, apply_colour's branches).
 _JITTER = {"brightness": _brightness, "contrast": _contrast, "saturation": _saturation, "hue": _hue}
 
 
