@@ -1,5 +1,5 @@
-"""`tag`: zero-shot object tags against the truth of generated demo images (a colour-detecting encoder), the tags file read back by the
-trainer and convert-data, folder/TSV/pairs sources agreeing, and bad input named."""
+"""`tag`: zero-shot object tags against the truth of generated demo images (a colour-detecting encoder), the
+tags file read back by the trainer and convert-data, folder/TSV/pairs sources agreeing, and bad input named."""
 import base64
 import json
 import os
@@ -32,9 +32,9 @@ def truth_of(tsv):
 class ColourEncoder:
     """A hand-built dual encoder that knows the demo's eight colours, standing in for a trained model: an image
     is the L2-normalised presence vector of the colours its pixels show (an object's colour within JPEG and tint
-    error), a text the one-hot of the colour characters it names.  (A demo model trained within test time was
-    at chance on tags; the demo model trained for real is scored in docs/tagger.md.)  The tagger's part, from
-    decoding through prompts, calibration, threshold and ids to the written file, is what is tested."""
+    error), a text the one-hot of the colour characters it names, so that the tagger's part, from decoding
+    through prompts, calibration, threshold and ids to the written file, is tested to a high floor.  A trained
+    demo model as the tagger is scored in tests/e2e/test_demo.py (120 steps, colours) and docs/tagger.md."""
     NAMES = tuple(COLOURS)
     embed_dim = len(COLOURS)
     logit_scale = 20.0
