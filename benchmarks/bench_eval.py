@@ -9,7 +9,8 @@ Writes two files in a temporary directory, formatted the way the official run_in
   * five-caption: M images x C captions, third column the image id, each image row repeated per caption.
 Ours runs twice per file: parsing the text (--no-sidecar), and reading the verified .npz copy that run_infer.sh
 writes beside its text output (made here from the parsed text, with the file's size and CRC-32); both must print
-the same table.  Each evaluator runs as its own subprocess so that its peak RSS (os.wait4 -> ru_maxrss) is its own; the table
+the same table.  Each evaluator runs as its own subprocess so that its peak RSS (os.wait4 -> ru_maxrss) is its own; the
+table
 reports the median wall time over the repetitions.  On the one-to-one file the two printed tables must be
 identical (our pairs mode reproduces the official numbers); the script says so, or exits 1.
 

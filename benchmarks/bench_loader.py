@@ -24,14 +24,14 @@ import os
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse
-import base64
-import platform
-import tempfile
-import time
+import argparse  # noqa: E402
+import base64  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 
-import cv2
-import numpy as np
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 WORDS = ["a", "red", "bus", "parked", "near", "the", "road", "two", "dogs", "play", "with", "frisbee", "on", "grass",
          "kitchen", "table", "apples", "bananas", "window", "sunny", "一辆", "红色", "的", "公交车", "停", "在", "路边",

@@ -126,7 +126,8 @@ def bench_serve(args, overrides):
                 break
             except OSError:
                 time.sleep(0.5)
-        queries = ["一个红色的圆形", "图中有两个蓝色的三角形", "画面中有一个黄色的星形和一个绿色的方块", "左边有一个紫色的菱形"]
+        queries = ["一个红色的圆形", "图中有两个蓝色的三角形", "画面中有一个黄色的星形和一个绿色的方块",
+                   "左边有一个紫色的菱形"]
         times = []
         for i in range(args.requests + 5):
             t = time.perf_counter()

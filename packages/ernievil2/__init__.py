@@ -8,8 +8,8 @@ import warnings as _warnings
 # Paddle warns on import that ccache (a C++ build cache for custom operators) is missing: irrelevant here.
 _warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 
-from .runtime import limit_image_decoders as _limit_image_decoders
-from .runtime import tune_math_libraries as _tune_math_libraries
+from .runtime import limit_image_decoders as _limit_image_decoders  # noqa: E402 (after the warning filter)
+from .runtime import tune_math_libraries as _tune_math_libraries  # noqa: E402
 
 # Before Paddle's first matrix product (see runtime): MKL's fast path on AMD CPUs.
 _tune_math_libraries()

@@ -17,7 +17,8 @@ from ernievil2.infer.options import load_infer_config
 from ernievil2.train.config import load_train_config
 
 SCHEMA = {"name": "x", "batch": 8, "rate": 0.5, "flag": True, "mode": Field("a", choices=("a", "b")),
-          "path": Field(None, type=str), "need": Field(type=int), "nested": {"depth": 2, "spec": Field("s", type=(str, dict))}}
+          "path": Field(None, type=str), "need": Field(type=int),
+          "nested": {"depth": 2, "spec": Field("s", type=(str, dict))}}
 
 
 def write(tmp_path, text):
@@ -221,7 +222,8 @@ def test_a_training_config_mistake_is_one_line_and_exit_2(capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "'loss.queue.size' (100) must be a multiple" in err
     assert train_main([demo, "-o", "data.max_text_len=65"]) == 2
-    assert "'data.max_text_len' 65 is longer than the text tower's max_position_embeddings 64" in capsys.readouterr().err
+    message = "'data.max_text_len' 65 is longer than the text tower's max_position_embeddings 64"
+    assert message in capsys.readouterr().err
 
 
 def test_library_checks_of_user_values_raise_config_errors():

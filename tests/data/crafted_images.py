@@ -82,7 +82,8 @@ def png_chunk(kind, payload):
 
 
 def png(chunks):
-    return b"\x89PNG\r\n\x1a\n" + b"".join(png_chunk(kind, payload) for kind, payload in chunks) + png_chunk(b"IEND", b"")
+    body = b"".join(png_chunk(kind, payload) for kind, payload in chunks)
+    return b"\x89PNG\r\n\x1a\n" + body + png_chunk(b"IEND", b"")
 
 
 def png_ihdr(width, height):

@@ -150,7 +150,8 @@ def _clip_files(tmp_path, bad_image=False):
 def test_chinese_clip_style_gives_one_row_per_text_and_image(tmp_path):
     imgs, one, two = _clip_files(tmp_path)
     texts = _write_jsonl(tmp_path / "train_texts.jsonl", [
-        {"text_id": 10, "text": "两张图都对", "image_ids": [1, 2]}, {"text_id": 11, "text": "只有第二张", "image_ids": ["2"]}])
+        {"text_id": 10, "text": "两张图都对", "image_ids": [1, 2]},
+        {"text_id": 11, "text": "只有第二张", "image_ids": ["2"]}])
     summary = convert_chinese_clip(str(imgs), str(texts), str(tmp_path / "out.tsv"))
     rows = _rows(tmp_path / "out.tsv")
     assert [(r.text, r.image_id) for r in rows] == [("两张图都对", "1"), ("两张图都对", "2"), ("只有第二张", "2")]
@@ -179,7 +180,8 @@ def test_chinese_clip_errors_and_skips(tmp_path):
 
 def test_cli_summary_and_clear_errors(folder, tmp_path, capsys):
     images, _ = folder
-    captions = _write_jsonl(tmp_path / "c.jsonl", [{"image": "a.jpg", "caption": "好"}, {"image": "zz.jpg", "caption": "x"}])
+    captions = _write_jsonl(tmp_path / "c.jsonl",
+                            [{"image": "a.jpg", "caption": "好"}, {"image": "zz.jpg", "caption": "x"}])
     out = tmp_path / "o.tsv"
     assert main(["--images", str(images), "--captions", str(captions), "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -208,7 +208,8 @@ def test_build_vocab_cli(small_set, tmp_path, capsys):
     rare = tmp_path / "rare.tsv"
     rare.write_text("Cat cat dog\tid1\tAAAA\ncat\tid2\tAAAA\tcat,sofa\n", encoding="utf-8")
     assert build_vocab_main([str(rare), "--out", str(tmp_path / "r.txt"), "--min-count", "2"]) == 0
-    assert "4 distinct basic tokens, 3 dropped by --min-count/--max-size; 2 texts contain [UNK]" in capsys.readouterr().out
+    message = "4 distinct basic tokens, 3 dropped by --min-count/--max-size; 2 texts contain [UNK]"
+    assert message in capsys.readouterr().out
     assert read_vocab(str(tmp_path / "r.txt"))[1] == ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "cat", "[UNK]"]
 
 

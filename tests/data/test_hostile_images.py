@@ -197,7 +197,7 @@ def test_jp2_header_box_and_codestream_that_disagree_are_sized_at_the_larger_and
     assert set(lines) == {"BadImageError"}, set(lines)
 
 
-# ---- neighbours: PNG, WebP, BMP, JPEG, raw codestream -----------------------------------------------------------------
+# ---- neighbours: PNG, WebP, BMP, JPEG, raw codestream ---------------------------------------------------------
 def test_png_size_comes_from_the_leading_ihdr_only():
     """libpng refuses a second IHDR ("out of place") and any chunk before IHDR, so neither can enlarge it."""
     assert header_size(crafted.png_gray(4, 4)) == (4, 4)

@@ -23,7 +23,8 @@ RUN = textwrap.dedent("""
     cfg = json.load(open(sys.argv[1], encoding="utf-8"))
     summary = run_inference(load_infer_config(None, list(cfg.items())))
     print(json.dumps({"rows": summary.read, "written": summary.written, "skipped": sum(summary.skipped.values()),
-                      "log": summary.bad_row_log, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "log": summary.bad_row_log,
+                      "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """)
 
 

@@ -225,7 +225,7 @@ def test_run_infer_sh_cli_overrides_errors_and_gpu_fallback(tmp_path, tiny):
     config.write_text(yaml.safe_dump({**tiny, "test_file": str(tsv)}, allow_unicode=True), encoding="utf-8")
     proc = run_infer_sh(["0", str(config), "-o", "infer_batch_size=1"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    warnings = [l for l in proc.stderr.splitlines() if "no CUDA support" in l]
+    warnings = [line for line in proc.stderr.splitlines() if "no CUDA support" in line]
     assert len(warnings) == 1
     assert "written: 2" in proc.stdout
     for args, expected in [(["-o", "infer_batchsize=1"], "unknown override key 'infer_batchsize' (did you mean "

@@ -139,7 +139,8 @@ def test_composed_queries_equal_the_weighted_normalised_sum(tmp_path):
     index, vectors, ids, _ = make_index(tmp_path, "flat", n=200)
     model = FakeModel()
     terms = [{"text": "红色汽车"}, {"image": "car.jpg", "weight": 0.5}, {"text": "雨天", "weight": -1}]
-    want = model.encode_text(["红色汽车"])[0] + 0.5 * model.encode_image(["car.jpg"])[0] - model.encode_text(["雨天"])[0]
+    want = (model.encode_text(["红色汽车"])[0] + 0.5 * model.encode_image(["car.jpg"])[0]
+            - model.encode_text(["雨天"])[0])
     want = want.astype(np.float64) / np.linalg.norm(want.astype(np.float64))
     np.testing.assert_allclose(compose(model, terms), want, atol=8 * np.finfo(np.float32).eps)  # a few roundings
     got = search(model, index, terms=terms, k=10, where={"folder": "dogs"})

@@ -73,7 +73,8 @@ def _gif(data):
         elif block == 0x2C:  # image descriptor, local palette, LZW code size, data sub-blocks
             if position + 10 > length:
                 break
-            left, top, frame_width, frame_height, frame_flags = struct.unpack("<HHHHB", data[position + 1:position + 10])
+            frame = data[position + 1:position + 10]
+            left, top, frame_width, frame_height, frame_flags = struct.unpack("<HHHHB", frame)
             width, height = max(width, left + frame_width), max(height, top + frame_height)
             position = _skip_gif_sub_blocks(data, position + 10 + _gif_palette_bytes(frame_flags) + 1)
         else:  # Pillow skips an unknown byte and reads on, so this reader does too

@@ -95,7 +95,8 @@ def _reason(exc):
     """A decoder exception in a line, without OpenCV's source path (messages reach the service's clients)."""
     if isinstance(exc, cv2.error) and getattr(exc, "err", None):
         if "CV_IO_MAX_IMAGE_PIXELS" in exc.err:
-            return (f"over OpenCV's own pixel limit, OPENCV_IO_MAX_IMAGE_PIXELS={os.environ.get(OPENCV_PIXEL_LIMIT_VAR)}"
+            limit = os.environ.get(OPENCV_PIXEL_LIMIT_VAR)
+            return (f"over OpenCV's own pixel limit, OPENCV_IO_MAX_IMAGE_PIXELS={limit}"
                     f" (set it higher in the environment to decode larger images)")
         return "OpenCV error: " + " ".join(exc.err.replace(">", " ").split())
     return f"{type(exc).__name__}: " + re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the data", str(exc))
