@@ -123,3 +123,19 @@ def library_log(caplog):
     package.removeHandler(caplog.handler)
     package.propagate = propagate
     package.setLevel(level)
+
+
+# ---- the demo's colours, whose truth the generator knows (tagger tests) --------------------------------------
+def write_colour_vocabulary(path):
+    """A tag vocabulary of the demo's eight colours (红色 ... 黑色)."""
+    from ernievil2.data.demo import COLOURS
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("# the demo's colours\n" + "".join(f"{name}色\n" for name in COLOURS))
+    return str(path)
+
+
+def colour_truth(tsv):
+    """image_id -> the colours of its object groups, from a demo TSV's tags column (colour + shape, e.g. 红色圆形)."""
+    from ernievil2.data.prompts import split_tags
+    from ernievil2.data.tsv import read_rows
+    return {row.image_id: sorted({tag[:2] for tag in split_tags(row.tags)}) for row in read_rows(tsv)}

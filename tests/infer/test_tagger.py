@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, make_tiny_model
+from conftest import REPO, colour_truth, make_tiny_model, write_colour_vocabulary
 from ernievil2.data.demo import COLOURS, generate_demo_data
 from ernievil2.data.prompts import split_tags, tag_text
 from ernievil2.data.tags import format_tags_line, read_tag_vocabulary, read_tags_file
@@ -22,10 +22,6 @@ from ernievil2.infer.engines import EagerEncoder
 from ernievil2.infer.tagger import choose_tags, load_tag_config, run_tag
 
 DEMO_TEMPLATES = os.path.join(REPO, "packages", "configs", "demo_tag_templates.txt")
-
-
-def truth_of(tsv):
-    return {row.image_id: split_tags(row.tags) for row in read_rows(tsv)}
 
 
 # ---- demo images, whose objects are known -----------------------------------------------------------------
@@ -64,14 +60,7 @@ class ColourEncoder:
 def demo_set(tmp_path_factory):
     data = tmp_path_factory.mktemp("demo_tagger")
     generate_demo_data(str(data), seed=2, train_images=4, dev_images=4, test_images=60, image_size=48)
-    vocab = data / "colour_tags.txt"
-    vocab.write_text("# the demo's colours\n" + "".join(f"{name}色\n" for name in COLOURS), encoding="utf-8")
-    return data, str(vocab)
-
-
-def colour_truth(tsv):
-    """image_id -> the colours of its object groups (the demo's tags are colour + shape, e.g. 红色圆形)."""
-    return {image_id: sorted({tag[:2] for tag in tags}) for image_id, tags in truth_of(tsv).items()}
+    return data, write_colour_vocabulary(data / "colour_tags.txt")
 
 
 def run_demo_tag(demo_set, out, **values):
