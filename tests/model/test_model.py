@@ -7,6 +7,7 @@ import paddle
 import pytest
 
 from conftest import REFERENCE, make_tiny_model, need_shared
+from ernievil2.errors import ConfigError
 from ernievil2.model.configs import ModelConfig
 from ernievil2.model.dual_encoder import ErnieViL2
 
@@ -111,3 +112,26 @@ def test_dropout_override_reaches_every_dropout():
     model.train()
     ids = paddle.to_tensor(np.array([[1, 5, 6, 7, 8, 2]], "int64"))
     assert not np.allclose(model.encode_text(ids).numpy(), model.encode_text(ids).numpy())
+
+
+@pytest.mark.parametrize("scheme", ["normal", "fan_in"])
+def test_from_scratch_initialisation_draws_each_linear_layer_at_its_schemes_scale(scheme):
+    """normal: N(0, 0.02^2) for every linear layer; fan_in: N(0, 1/fan_in).  The sample std of n draws is off by
+    ~1/sqrt(2n) relative (n >= 4096 weights here: 1.1%), so 10% is a 9-sigma bound that a wrong scale (0.02
+    against fan_in's 0.0625-0.125 at these widths) fails by far; embeddings and norms keep their own values."""
+    paddle.seed(0)
+    config = ModelConfig.build({"image_size": 32, "patch_size": 8, "width": 64, "layers": 1, "heads": 2},
+                               {"vocab_size": 64, "hidden_size": 64, "num_hidden_layers": 1,
+                                "num_attention_heads": 2, "max_position_embeddings": 16})
+    model = ErnieViL2(config, init_scheme=scheme)
+    linears = [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.Linear)]
+    assert len(linears) >= 8
+    for layer in linears:
+        weight = layer.weight.numpy()
+        expected = weight.shape[0] ** -0.5 if scheme == "fan_in" else 0.02
+        assert abs(weight.std() / expected - 1) < 0.1, (layer.full_name(), weight.std(), expected)
+        assert abs(weight.mean()) < 4 * expected / math.sqrt(weight.size)
+        assert not layer.bias.numpy().any()
+    assert abs(model.text_model.word_emb.weight.numpy().std() / 0.02 - 1) < 0.1
+    with pytest.raises(ConfigError, match="fan_out"):
+        ErnieViL2(config, init_scheme="fan_out")

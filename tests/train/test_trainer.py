@@ -94,7 +94,9 @@ def test_two_ranks_log_the_same_losses_as_one_rank_with_the_whole_batch(tmp_path
     # The queue run is launched by run_train.sh itself (no launcher options, cpu_processes=2), into a folder
     # whose name has a space: the launch plan must hand it to the launcher as one argument.
     two_dir = tmp_path / ("two ranks" if queue else "two")
-    two = write_config(tmp_path, "two.yaml", output_dir=str(two_dir), loss=loss, data={"batch_size": 8, **colour})
+    # The in-batch pair's two ranks run their towers as a static program (to_static) under DataParallel.
+    two = write_config(tmp_path, "two.yaml", output_dir=str(two_dir), loss=loss, data={"batch_size": 8, **colour},
+                       to_static=not queue)
     run_train([one])
     if queue:
         run_train([two, "-o", "cpu_processes=2"])
@@ -130,9 +132,33 @@ def test_two_nodes_on_loopback_match_one_process(tmp_path):
     assert_same_curves(metrics(tmp_path / "two"), metrics(tmp_path / "one"))
 
 
-def test_killed_run_resumed_with_auto_ends_with_identical_weights(tmp_path):
+def test_to_static_trains_as_eager_does(tmp_path):
+    """The towers as one static program: the same losses and weights as op-by-op (eager) training, dropout
+    included (its masks come from the same generator), to the rounding of sums taken in another order."""
+    common = {"model": {"dropout": 0.1}, "loss": {"queue": {"enabled": True, "size": 8}}}
+    eager = write_config(tmp_path, "eager.yaml", output_dir=str(tmp_path / "eager"), **common)
+    static = write_config(tmp_path, "static.yaml", output_dir=str(tmp_path / "static"), to_static=True, **common)
+    said = "to_static: the towers run as a static program"
+    assert said not in run_train([eager]).stdout
+    assert said in run_train([static]).stdout
+    assert_same_curves(metrics(tmp_path / "static"), metrics(tmp_path / "eager"))
+    a = read_state(str(tmp_path / "eager" / "final.pdparams"))
+    b = read_state(str(tmp_path / "static" / "final.pdparams"))
+    # The static program keeps Python number constants as float32 attributes (QuickGELU's 1.702 becomes
+    # 1.702 * (1 + 1.3e-8)), so in float64 the weights a changed activation slope feeds part from eager ones by
+    # up to ~2**-24 of their scale per step (measured: 5e-8 of the tensor's largest weight after six steps).
+    # 1e-6 of the scale allows that with a margin of 20; a wrong dropout mask or gradient moves weights by ~1e-3.
+    # The scale is at least one Adam step (lr): the attention's key biases get no gradient (softmax ignores a
+    # shift) and hold only rounding noise of ~1e-21.
+    for name in a:
+        scale = max(float(np.abs(a[name]).max()), 0.002)
+        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("to_static", [False, True], ids=["eager", "static"])
+def test_killed_run_resumed_with_auto_ends_with_identical_weights(tmp_path, to_static):
     common = {"schedule": {"max_steps": 6, "save_every": 2, "log_every": 1, "warmup_steps": 2},
-              "model": {"dropout": 0.1}, "loss": {"queue": {"enabled": True, "size": 8}}}
+              "model": {"dropout": 0.1}, "loss": {"queue": {"enabled": True, "size": 8}}, "to_static": to_static}
     straight = write_config(tmp_path, "a.yaml", output_dir=str(tmp_path / "a"), **common)
     resumed = write_config(tmp_path, "b.yaml", output_dir=str(tmp_path / "b"), **common)
     run_train([straight])

@@ -129,6 +129,7 @@ class TextConfig:
 
 
 INITIAL_TEMPERATURE = math.log(1 / 0.07)  # 2.65926, CLIP's initial logit scale of 1/0.07
+INIT_SCHEMES = ("normal", "fan_in")  # from-scratch initialisations (model.dual_encoder.initialize_weights)
 
 
 @dataclass

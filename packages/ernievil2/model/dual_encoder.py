@@ -9,7 +9,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .configs import INITIAL_TEMPERATURE, ModelConfig
+from ..errors import ConfigError
+from .configs import INIT_SCHEMES, INITIAL_TEMPERATURE, ModelConfig
 from .text import ErnieTextModel
 from .vision import VisionTransformer
 
@@ -24,15 +25,16 @@ class ContrastiveHead(nn.Layer):
 
 
 class ErnieViL2(nn.Layer):
-    def __init__(self, config: ModelConfig = None, initialize=True):
-        """initialize=False skips the from-scratch initialisation (seconds for Base) when weights are loaded next."""
+    def __init__(self, config: ModelConfig = None, initialize=True, init_scheme="normal"):
+        """initialize=False skips the from-scratch initialisation (seconds for Base) when weights are loaded next;
+        init_scheme: see initialize_weights."""
         super().__init__()
         self.config = config or ModelConfig()
         self.visual = VisionTransformer(self.config.vision)
         self.text_model = ErnieTextModel(self.config.text)
         self.contrastive_loss_mm = ContrastiveHead()
         if initialize:
-            initialize_weights(self)
+            initialize_weights(self, init_scheme)
 
     @property
     def embed_dim(self):
@@ -64,14 +66,26 @@ class ErnieViL2(nn.Layer):
         self.text_model.recompute = enabled
 
 
-def initialize_weights(model, std=0.02):
-    """BERT/CLIP-style initialisation for training from scratch (a checkpoint load overwrites all of it)."""
+def initialize_weights(model, scheme="normal"):
+    """Initialisation for training from scratch (a checkpoint load overwrites all of it).
+
+    normal: BERT/ERNIE's, every linear and embedding weight from N(0, 0.02^2) (`initializer_range`).  fan_in: a
+    linear layer's weights from N(0, 1 / fan_in) (LeCun's), embeddings as in normal.  The two agree in scale
+    near Base's width (768: std 0.036); a narrow tower (width 64: std 0.125) needs fan_in, or its blocks start
+    so close to the identity that every input gets nearly the same embedding and training idles at chance.
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ConfigError(f"init scheme {scheme!r} is not one of {', '.join(INIT_SCHEMES)}")
     with paddle.no_grad():
         for layer in model.sublayers():
-            if isinstance(layer, (nn.Linear, nn.Embedding)):
+            if isinstance(layer, nn.Linear):
+                fan_in = layer.weight.shape[0]  # Paddle's Linear weight is [in, out]
+                std = fan_in ** -0.5 if scheme == "fan_in" else 0.02
                 layer.weight.set_value(paddle.normal(0.0, std, layer.weight.shape))
-                if isinstance(layer, nn.Linear) and layer.bias is not None:
+                if layer.bias is not None:
                     layer.bias.set_value(paddle.zeros(layer.bias.shape))
+            elif isinstance(layer, nn.Embedding):
+                layer.weight.set_value(paddle.normal(0.0, 0.02, layer.weight.shape))
             elif isinstance(layer, nn.LayerNorm):
                 layer.weight.set_value(paddle.ones(layer.weight.shape))
                 layer.bias.set_value(paddle.zeros(layer.bias.shape))
