@@ -170,7 +170,9 @@ def test_loss_and_model_sections_are_checked_at_load(monkeypatch):
              (["model.vision={width: 64, heads: 3}"], "'model.vision.width' 64 is not divisible by heads 3"),
              (["model.vision={widht: 64}"], "unknown key 'model.vision.widht' (did you mean model.vision.width?)"),
              (["model.text={hidden_act: tanh}"], "'model.text.hidden_act' must be one of gelu, relu"),
-             (["loss.queue.momentum=1"], "'loss.queue.momentum' must be in [0.0, 1.0)")]
+             (["loss.queue.momentum=1"], "'loss.queue.momentum' must be in [0.0, 1.0)"),
+             # the demo runs to_static; recompute would silently not happen inside its program
+             (["model.recompute=true"], "'model.recompute' does not recompute inside to_static's program")]
     for overrides, message in cases:
         with pytest.raises(ConfigError) as err:
             load_train_config(demo, overrides)

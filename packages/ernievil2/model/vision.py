@@ -3,6 +3,7 @@
 Attribute names follow the official checkpoint (`visual.patch_embed.proj`, `visual.blocks.N.attn.qkv`, ...),
 so an official state dict loads without renaming.  The image embedding is the class token after `norm_post`.
 """
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -10,12 +11,16 @@ from paddle.distributed.fleet.utils import recompute
 
 from .configs import VisionConfig
 
+# 1.702 as float32 holds it: the value float32 models always used, and the one a static program (paddle.jit), which
+# keeps Python numbers as float32 attributes, uses in float64 too, so float64 runs agree op by op and static.
+QUICK_GELU_SLOPE = float(np.float32(1.702))
+
 
 class QuickGELU(nn.Layer):
     """CLIP's sigmoid approximation of GELU; the released weights were trained with it, not exact GELU."""
 
     def forward(self, x):
-        return x * F.sigmoid(1.702 * x)
+        return x * F.sigmoid(QUICK_GELU_SLOPE * x)
 
 
 class PatchEmbed(nn.Layer):

@@ -37,6 +37,10 @@ def _check_training(cfg):
         raise ConfigError(f"({cfg.loss.queue.size}) must be a multiple of the global batch size "
                           f"({cfg.data.batch_size * world} = data.batch_size {cfg.data.batch_size} x {world} ranks)",
                           where="loss.queue.size")
+    if cfg.to_static and cfg.model.recompute:
+        # inside a static program Paddle's recompute only tags ops for a pass that plain to_static does not run
+        raise ConfigError("does not recompute inside to_static's program (no memory would be saved); turn off "
+                          "one of to_static and model.recompute", where="model.recompute")
     vision_config(cfg.model.vision)
     check_text_length(cfg.model.text, cfg.data.max_text_len, "data.max_text_len")
 
@@ -54,8 +58,9 @@ TRAIN_SCHEMA = Section({
     "cpu_processes": Field(1, minimum=1, doc="CPU only, when run_train.sh gets no launcher options: "
                                              "data-parallel processes on this machine (small models train faster "
                                              "as several single-threaded ranks)"),
-    "to_static": Field(False, doc="run the towers as one static program (paddle.jit.to_static): same values, "
-                                  "~1.4x faster training of a small model on a CPU core (docs/results.md)"),
+    "to_static": Field(False, doc="run the towers as one static program (paddle.jit.to_static): the same "
+                                  "training, ~1.2-1.4x faster for a small model on CPU ranks (docs/training.md); "
+                                  "not with model.recompute"),
     "dtype": Field("float32", choices=("float32", "float64"),
                    doc="float64: weights, activations, losses and optimizer state in double precision (no AMP); "
                        "slower, for exactness checks whose result must not depend on the CPU's summation order"),
