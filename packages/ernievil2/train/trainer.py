@@ -54,14 +54,14 @@ class MultiViewEncoder(nn.Layer):
 
     def forward(self, image_view1, image_view2, caption_ids, tag_ids):
         out = {}
-        images = [name for name in ("image_view1", "image_view2") if name in self.views]
+        images = {name: x for name, x in (("image_view1", image_view1), ("image_view2", image_view2))
+                  if name in self.views}
         if images:
-            inputs = {"image_view1": image_view1, "image_view2": image_view2}
-            out.update(_per_view(self.model.encode_image, {name: inputs[name] for name in images}))
+            out.update(_per_view(self.model.encode_image, images))
         # text_view2 is a second pass of the caption: dropout makes it a second view of the same text
-        texts = [name for name in ("text_view1", "text_view2") if name in self.views]
+        texts = {name: caption_ids for name in ("text_view1", "text_view2") if name in self.views}
         if texts:
-            out.update(_per_view(self.model.encode_text, {name: caption_ids for name in texts}))
+            out.update(_per_view(self.model.encode_text, texts))
         if "tags" in self.views:
             out["tags"] = self.model.encode_text(tag_ids)
         out["temperature"] = self.model.temperature.clone()
